@@ -1,0 +1,37 @@
+# The two commands README.md documents: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA := $(CURDIR)/.data
+ROOT := $(DATA)/snapshots
+ROWS ?= 1000000
+PORT ?= 3000
+
+.PHONY: install run test lint sample clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(ROOT)/CURRENT: | $(STAMP)
+	$(PY) scripts/sample_data.py --rows $(ROWS) --to file://$(ROOT)
+
+sample: $(ROOT)/CURRENT
+
+run: $(STAMP) $(ROOT)/CURRENT
+	SNAPSHOT_URI=file://$(ROOT) $(PY) -m service.local_server --port $(PORT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(DATA) .pytest_cache

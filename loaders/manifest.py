@@ -1,0 +1,205 @@
+"""Versions, manifests and the pointer: what names a snapshot and which one is current.
+
+A version is ``YYYYMMDDTHHMMSSZ-<8 hex>``: it sorts by time and is never reused. Every key built
+from a version goes through :func:`check_version` first, so no outside string reaches a path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from loaders.errors import ObjectNotFoundError, SnapshotInvalidError
+
+if TYPE_CHECKING:
+    from loaders.store import ObjectStore
+
+FORMAT = 1
+POINTER_KEY = "CURRENT"
+SNAPSHOTS_PREFIX = "snapshots"
+DATA_NAME = "data.parquet"
+MANIFEST_NAME = "manifest.json"
+VERSION_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+
+
+def check_version(version: object) -> str:
+    """Return ``version`` if it is a well-formed version string.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        If it is not a ``str`` matching ``^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$``.
+    """
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+        raise SnapshotInvalidError(f"bad snapshot version {version!r} ({type(version).__name__})")
+    return version
+
+
+def new_version(now: datetime, token: str | None = None) -> str:
+    """Make a fresh version from an aware UTC time and 8 hex digits (random unless given)."""
+    if now.tzinfo is None:
+        raise ValueError("new_version needs an aware datetime")
+    return check_version(f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{token or secrets.token_hex(4)}")
+
+
+def snapshot_key(version: str, name: str) -> str:
+    """The store key of one file of one snapshot version."""
+    return f"{SNAPSHOTS_PREFIX}/{check_version(version)}/{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a snapshot: its name and Arrow type as text (``str(pa.DataType)``)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """Describes one immutable snapshot; stored as ``snapshots/<version>/manifest.json``."""
+
+    version: str
+    created_at: datetime
+    key_column: str
+    row_count: int
+    columns: tuple[Column, ...]
+    sha256: str
+    bytes: int
+    source: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT
+
+    def to_json(self) -> bytes:
+        """Serialise as the public manifest document."""
+        doc = {
+            "format": self.format,
+            "version": self.version,
+            "created_at": self.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "key_column": self.key_column,
+            "row_count": self.row_count,
+            "columns": [{"name": c.name, "type": c.type} for c in self.columns],
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "source": self.source,
+        }
+        return json.dumps(doc, indent=2, sort_keys=False).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes, *, expected_version: str | None = None) -> Manifest:
+        """Parse and check a manifest document.
+
+        Raises
+        ------
+        SnapshotInvalidError
+            If it is not JSON, lacks a field, has a wrongly typed field, or names another version.
+        """
+        try:
+            doc = json.loads(body)
+            manifest = cls(
+                version=check_version(doc["version"]),
+                created_at=_parse_utc(doc["created_at"]),
+                key_column=_typed(doc, "key_column", str),
+                row_count=_typed(doc, "row_count", int),
+                columns=tuple(
+                    Column(_typed(c, "name", str), _typed(c, "type", str))
+                    for c in _typed(doc, "columns", list)
+                ),
+                sha256=_typed(doc, "sha256", str),
+                bytes=_typed(doc, "bytes", int),
+                source=_typed(doc, "source", dict),
+                format=_typed(doc, "format", int),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SnapshotInvalidError(f"bad manifest: {exc}") from exc
+        if manifest.format != FORMAT:
+            raise SnapshotInvalidError(f"manifest format {manifest.format} is not {FORMAT}")
+        if expected_version is not None and manifest.version != expected_version:
+            raise SnapshotInvalidError(
+                f"manifest names version {manifest.version}, expected {expected_version}"
+            )
+        return manifest
+
+
+def _typed(doc: dict[str, Any], name: str, kind: type) -> Any:
+    value = doc[name]
+    # bool is an int in Python; a manifest with "row_count": true is still wrong.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{name} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _parse_utc(text: object) -> datetime:
+    if not isinstance(text, str):
+        raise TypeError(f"created_at must be str, got {type(text).__name__}")
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError(f"created_at {text!r} has no time zone")
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Pointer:
+    """The current version as read from ``CURRENT``, with the ETag it was read at."""
+
+    version: str
+    etag: str
+
+
+def read_pointer(store: ObjectStore, *, if_none_match: str | None = None) -> Pointer | None:
+    """Read ``CURRENT``; ``None`` means it still has ETag ``if_none_match``.
+
+    Raises
+    ------
+    ObjectNotFoundError
+        If nothing has been announced yet.
+    SnapshotInvalidError
+        If the pointer is not ``{"version": "<version>"}``.
+    """
+    obj = store.get(POINTER_KEY, if_none_match=if_none_match)
+    if obj is None:
+        return None
+    try:
+        version = json.loads(obj.body)["version"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SnapshotInvalidError(f"bad pointer {store.uri}/{POINTER_KEY}: {exc}") from exc
+    return Pointer(check_version(version), obj.etag)
+
+
+def read_manifest(store: ObjectStore, version: str) -> Manifest:
+    """Read and check the manifest of one version."""
+    return Manifest.from_json(
+        store.read(snapshot_key(version, MANIFEST_NAME)), expected_version=version
+    )
+
+
+def announce(store: ObjectStore, version: str, *, previous: Pointer | None) -> Pointer:
+    """Point ``CURRENT`` at ``version`` by compare-and-swap; this is always the last write.
+
+    Parameters
+    ----------
+    previous : Pointer or None
+        The pointer as read before publishing; ``None`` for the first publish.
+
+    Raises
+    ------
+    PreconditionFailedError
+        If another writer moved the pointer since ``previous`` was read.
+    """
+    body = json.dumps({"version": check_version(version)}).encode()
+    if previous is None:
+        etag = store.put(POINTER_KEY, body, if_none_match="*")
+    else:
+        etag = store.put(POINTER_KEY, body, if_match=previous.etag)
+    return Pointer(version, etag)
+
+
+def try_read_pointer(store: ObjectStore) -> Pointer | None:
+    """Read ``CURRENT``, or ``None`` when nothing has been announced yet."""
+    try:
+        return read_pointer(store)
+    except ObjectNotFoundError:
+        return None

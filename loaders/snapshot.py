@@ -1,0 +1,221 @@
+"""Immutable Parquet snapshots: check a table's keys, write it, and read it back verified.
+
+This is the only module that turns bytes into a ``pa.Table``. A snapshot is
+``snapshots/<version>/data.parquet`` (rows sorted by key, zstd) plus ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from loaders.errors import SnapshotInvalidError
+from loaders.manifest import (
+    DATA_NAME,
+    MANIFEST_NAME,
+    Column,
+    Manifest,
+    Pointer,
+    read_manifest,
+    read_pointer,
+    snapshot_key,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from loaders.store import ObjectStore
+
+MAX_EXAMPLES = 20
+# String columns with at most this share of distinct values are stored dictionary-encoded, so
+# readers get compact dictionary arrays back without re-hashing (segment, region, tier, ...).
+DICTIONARY_MAX_RATIO = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One verified snapshot: its manifest and its table."""
+
+    manifest: Manifest
+    table: pa.Table
+
+
+def _examples(values: pa.Array | pa.ChunkedArray) -> str:
+    shown = [repr(v) for v in values.slice(0, MAX_EXAMPLES).to_pylist()]
+    return ", ".join(shown)
+
+
+def check_keys(table: pa.Table, key_column: str) -> None:
+    """Check that ``table`` can be served by ``key_column``.
+
+    Checks that the column exists and is a string column, that there is at least one row, and
+    that keys are non-null, non-empty, unique and sorted. Every failed check is reported, with up
+    to 20 example keys each.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        Listing every failed check.
+    """
+    if key_column not in table.column_names:
+        raise SnapshotInvalidError(
+            f"key column {key_column!r} is missing", (f"columns are {table.column_names}",)
+        )
+    keys = table.column(key_column)
+    if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
+        raise SnapshotInvalidError(f"key column {key_column!r} must be a string, not {keys.type}")
+    if table.num_rows == 0:
+        raise SnapshotInvalidError("table has no rows")
+    problems: list[str] = []
+    nulls = keys.null_count
+    if nulls:
+        problems.append(f"{nulls} null keys")
+    keys = keys.drop_null()
+    empty = pc.equal(pc.utf8_length(keys), 0)
+    if (n_empty := pc.sum(empty).as_py() or 0) > 0:
+        problems.append(f"{n_empty} empty keys")
+    counts = pc.value_counts(keys)
+    dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(dupes):
+        problems.append(f"{len(dupes)} duplicate keys, e.g. {_examples(dupes)}")
+    if len(keys) > 1 and not problems:
+        previous, following = keys.slice(0, len(keys) - 1), keys.slice(1)
+        out_of_order = pc.less(following, previous)
+        if (n_unsorted := pc.sum(out_of_order).as_py() or 0) > 0:
+            where = pc.filter(following, out_of_order)
+            problems.append(f"{n_unsorted} keys out of order, e.g. {_examples(where)}")
+    if problems:
+        raise SnapshotInvalidError(f"key column {key_column!r} is not servable", tuple(problems))
+
+
+def sort_by_key(table: pa.Table, key_column: str) -> pa.Table:
+    """Return ``table`` sorted by its key column (byte order), as snapshots require."""
+    return table.sort_by([(key_column, "ascending")])
+
+
+def value_type(data_type: pa.DataType) -> pa.DataType:
+    """The logical type of a column: a dictionary column counts as its values' type."""
+    return data_type.value_type if pa.types.is_dictionary(data_type) else data_type
+
+
+def columns_of(schema: pa.Schema) -> tuple[Column, ...]:
+    """The manifest's description of a schema (dictionary encoding is a storage detail)."""
+    return tuple(Column(f.name, str(value_type(f.type))) for f in schema)
+
+
+def _compact(table: pa.Table, key_column: str) -> pa.Table:
+    rows = max(table.num_rows, 1)
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        if name == key_column or not pa.types.is_string(column.type):
+            continue
+        if pc.count_distinct(column).as_py() <= DICTIONARY_MAX_RATIO * rows:
+            table = table.set_column(i, name, pc.dictionary_encode(column))
+    return table
+
+
+def encode_table(table: pa.Table, key_column: str) -> bytes:
+    """Serialise a checked table as zstd Parquet bytes."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(_compact(table, key_column), sink, compression="zstd", row_group_size=1 << 20)
+    return sink.getvalue().to_pybytes()
+
+
+def write_snapshot(
+    store: ObjectStore,
+    table: pa.Table,
+    *,
+    version: str,
+    key_column: str,
+    created_at: datetime,
+    source: dict[str, Any] | None = None,
+) -> Manifest:
+    """Check ``table``, then write its data and then its manifest, each create-only.
+
+    Nothing is written when a check fails. The pointer is not touched: see
+    :func:`loaders.manifest.announce`.
+    """
+    check_keys(table, key_column)
+    body = encode_table(table, key_column)
+    manifest = Manifest(
+        version=version,
+        created_at=created_at,
+        key_column=key_column,
+        row_count=table.num_rows,
+        columns=columns_of(table.schema),
+        sha256=hashlib.sha256(body).hexdigest(),
+        bytes=len(body),
+        source=dict(source or {}),
+    )
+    store.put(snapshot_key(version, DATA_NAME), body, if_none_match="*")
+    store.put(snapshot_key(version, MANIFEST_NAME), manifest.to_json(), if_none_match="*")
+    return manifest
+
+
+def decode_snapshot(manifest: Manifest, body: bytes) -> Snapshot:
+    """Verify data bytes against their manifest and parse them.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        On a size or sha256 mismatch, unreadable Parquet, or a row count, schema or key column
+        that differs from the manifest.
+    """
+    if len(body) != manifest.bytes:
+        raise SnapshotInvalidError(
+            f"snapshot {manifest.version}: data is {len(body)} bytes, "
+            f"manifest says {manifest.bytes}"
+        )
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != manifest.sha256:
+        raise SnapshotInvalidError(f"snapshot {manifest.version}: sha256 mismatch ({digest})")
+    try:
+        table = pq.read_table(pa.BufferReader(body))
+    except (pa.ArrowException, OSError) as exc:
+        raise SnapshotInvalidError(
+            f"snapshot {manifest.version}: unreadable Parquet: {exc}"
+        ) from exc
+    if table.num_rows != manifest.row_count:
+        raise SnapshotInvalidError(
+            f"snapshot {manifest.version}: {table.num_rows} rows, "
+            f"manifest says {manifest.row_count}"
+        )
+    if columns_of(table.schema) != manifest.columns:
+        raise SnapshotInvalidError(f"snapshot {manifest.version}: columns differ from the manifest")
+    if manifest.key_column not in table.column_names:
+        raise SnapshotInvalidError(
+            f"snapshot {manifest.version}: key column {manifest.key_column!r} is missing"
+        )
+    return Snapshot(manifest, table)
+
+
+def read_snapshot(store: ObjectStore, version: str) -> Snapshot:
+    """Read one version's manifest and data from ``store`` and verify them."""
+    manifest = read_manifest(store, version)
+    return decode_snapshot(manifest, store.read(snapshot_key(version, DATA_NAME)))
+
+
+class SnapshotReader:
+    """The consumer's view of a store: watch the pointer, retrieve verified snapshots.
+
+    Parameters
+    ----------
+    store : ObjectStore
+        The snapshot root.
+    """
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def read_pointer(self, *, if_none_match: str | None = None) -> Pointer | None:
+        """The current pointer, or ``None`` if it still has ETag ``if_none_match``."""
+        return read_pointer(self.store, if_none_match=if_none_match)
+
+    def read(self, version: str) -> Snapshot:
+        """One verified snapshot."""
+        return read_snapshot(self.store, version)

@@ -1,0 +1,288 @@
+"""Object stores that hold snapshots: a local directory (``file://``) and S3 (``s3://``).
+
+Both speak the same small contract, modelled on S3: whole-object reads, conditional reads by ETag,
+and conditional writes (``if_none_match="*"`` to create, ``if_match=etag`` to compare-and-swap).
+Keys are relative, ``/``-separated, and built only from constants and validated versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote, urlparse
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from loaders.errors import ObjectNotFoundError, PreconditionFailedError, StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+# S3 answers a missing key with 403 when the role lacks s3:ListBucket, which the lookup role does.
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound", "AccessDenied", "403"})
+_CONFLICT_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+_NOT_MODIFIED_CODES = frozenset({"304", "NotModified"})
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """An object's bytes and the ETag they were read at."""
+
+    body: bytes
+    etag: str
+
+
+class ObjectStore(Protocol):
+    """What the snapshot code needs from a store."""
+
+    uri: str
+
+    def read(self, key: str) -> bytes: ...
+
+    def get(self, key: str, *, if_none_match: str | None = None) -> StoredObject | None: ...
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_none_match: str | None = None,
+        if_match: str | None = None,
+    ) -> str: ...
+
+    def list_prefixes(self, prefix: str) -> list[str]: ...
+
+
+class S3Client(Protocol):
+    """The boto3 S3 client methods we call."""
+
+    def get_object(self, **kwargs: Any) -> dict[str, Any]: ...
+
+    def put_object(self, **kwargs: Any) -> dict[str, Any]: ...
+
+    def get_paginator(self, operation_name: str) -> Any: ...
+
+
+def _file_etag(body: bytes) -> str:
+    return f'"{hashlib.sha256(body).hexdigest()}"'
+
+
+class FileStore:
+    """A directory on local disk, written atomically (temp file, then link or rename).
+
+    Parameters
+    ----------
+    root : str or Path
+        The snapshot root directory; created on first write.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.uri = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise ValueError(f"key {key!r} escapes the store root")
+        return path
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(f"{self.uri}/{key} does not exist") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.uri}/{key}: {exc.strerror}") from exc
+
+    def get(self, key: str, *, if_none_match: str | None = None) -> StoredObject | None:
+        body = self.read(key)
+        etag = _file_etag(body)
+        return None if etag == if_none_match else StoredObject(body, etag)
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_none_match: str | None = None,
+        if_match: str | None = None,
+    ) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked(), self._temp_file(path.parent, body) as tmp:
+            if if_none_match == "*":
+                try:
+                    # link() fails if the target exists: an atomic create-only write.
+                    os.link(tmp, path)
+                except FileExistsError as exc:
+                    raise PreconditionFailedError(f"{self.uri}/{key} already exists") from exc
+            else:
+                if if_match is not None:
+                    try:
+                        current = _file_etag(path.read_bytes())
+                    except FileNotFoundError as exc:
+                        raise ObjectNotFoundError(f"{self.uri}/{key} does not exist") from exc
+                    if current != if_match:
+                        raise PreconditionFailedError(f"{self.uri}/{key} changed since it was read")
+                tmp.replace(path)
+        return _file_etag(body)
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(child.name for child in base.iterdir() if child.is_dir())
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # One writer at a time per root, so compare-and-swap is a real compare-and-swap here.
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _temp_file(directory: Path, body: bytes) -> Iterator[Path]:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            yield tmp
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class S3Store:
+    """A prefix in an S3 bucket, through an injected boto3 client.
+
+    Parameters
+    ----------
+    client : S3Client
+        A boto3 S3 client; its endpoint comes from the environment (``AWS_ENDPOINT_URL_S3``).
+    bucket : str
+        The bucket name.
+    prefix : str, default ""
+        The snapshot root inside the bucket, without leading or trailing ``/``.
+    """
+
+    def __init__(self, client: S3Client, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def read(self, key: str) -> bytes:
+        obj = self.get(key)
+        if obj is None:  # only a conditional read answers "not modified"
+            raise StoreError(f"{self.uri}/{key}: unexpected 304")
+        return obj.body
+
+    def get(self, key: str, *, if_none_match: str | None = None) -> StoredObject | None:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if if_none_match is not None:
+            kwargs["IfNoneMatch"] = if_none_match
+        try:
+            response = self.client.get_object(**kwargs)
+            return StoredObject(response["Body"].read(), response["ETag"])
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _NOT_MODIFIED_CODES:
+                return None
+            if code in _MISSING_CODES:
+                raise ObjectNotFoundError(f"{self.uri}/{key} does not exist ({code})") from exc
+            raise StoreError(f"cannot read {self.uri}/{key}: {code}") from exc
+        except BotoCoreError as exc:  # timeouts, connection errors: no response at all
+            raise StoreError(f"cannot read {self.uri}/{key}: {type(exc).__name__}") from exc
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_none_match: str | None = None,
+        if_match: str | None = None,
+    ) -> str:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": body}
+        if if_none_match is not None:
+            kwargs["IfNoneMatch"] = if_none_match
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        try:
+            return self.client.put_object(**kwargs)["ETag"]
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _CONFLICT_CODES:
+                raise PreconditionFailedError(
+                    f"{self.uri}/{key}: conditional write lost ({code})"
+                ) from exc
+            if code in _MISSING_CODES and if_match is not None:
+                raise ObjectNotFoundError(f"{self.uri}/{key} does not exist ({code})") from exc
+            raise StoreError(f"cannot write {self.uri}/{key}: {code}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot write {self.uri}/{key}: {type(exc).__name__}") from exc
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        base = self._key(prefix.rstrip("/") + "/")
+        names: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base, Delimiter="/"
+            )
+            for page in pages:
+                names.extend(
+                    p["Prefix"][len(base) :].rstrip("/") for p in page.get("CommonPrefixes", [])
+                )
+        except ClientError as exc:
+            raise StoreError(f"cannot list {self.uri}/{prefix}: {_error_code(exc)}") from exc
+        return sorted(names)
+
+
+def _error_code(exc: ClientError) -> str:
+    error = exc.response.get("Error", {})
+    return str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+
+
+def parse_uri(uri: str) -> tuple[str, str, str]:
+    """Split a snapshot root URI into ``(scheme, bucket_or_empty, path_or_prefix)``.
+
+    Raises
+    ------
+    ValueError
+        If the URI is not ``file:///absolute/path`` or ``s3://bucket[/prefix]``.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise ValueError(f"expected file:///absolute/path, got {uri!r}")
+        return "file", "", unquote(parsed.path)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"expected s3://bucket/prefix, got {uri!r}")
+        return "s3", parsed.netloc, parsed.path.strip("/")
+    raise ValueError(f"expected a file:// or s3:// URI, got {uri!r}")
+
+
+def open_store(uri: str, *, s3_client: S3Client | None = None) -> ObjectStore:
+    """Open the store a root URI names; an ``s3://`` root needs an ``s3_client``."""
+    scheme, bucket, path = parse_uri(uri)
+    if scheme == "file":
+        return FileStore(path)
+    if s3_client is None:
+        raise ValueError("an s3:// root needs an S3 client")
+    return S3Store(s3_client, bucket, path)

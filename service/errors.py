@@ -1,0 +1,69 @@
+"""Request-facing errors and the one table that maps them to HTTP statuses.
+
+::
+
+    AppError                      500 internal
+     ├── BadRequestError          400 bad_request       malformed key, body or payload
+     ├── KeyNotFoundError         404 not_found         the key is not in the snapshot
+     ├── RouteNotFoundError       404 route_not_found   no such path
+     ├── MethodNotAllowedError    405 method_not_allowed  the path exists, the method doesn't
+     └── SnapshotUnavailableError 503 snapshot_unavailable  no good snapshot is loaded
+
+Every answer built from one of these is ``{"error": {"code", "message"}}``, plus the
+``snapshot`` block when the error happened with a snapshot in hand.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+
+class AppError(Exception):
+    """Base of every error a caller may see; subclasses set ``status`` and ``code``."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "internal"
+
+    def __init__(self, message: str, *, snapshot: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.snapshot = snapshot
+
+
+class BadRequestError(AppError):
+    status = HTTPStatus.BAD_REQUEST
+    code = "bad_request"
+
+
+class KeyNotFoundError(AppError):
+    status = HTTPStatus.NOT_FOUND
+    code = "not_found"
+
+
+class RouteNotFoundError(AppError):
+    status = HTTPStatus.NOT_FOUND
+    code = "route_not_found"
+
+
+class MethodNotAllowedError(AppError):
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+    code = "method_not_allowed"
+
+
+class SnapshotUnavailableError(AppError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "snapshot_unavailable"
+
+
+def to_response(exc: AppError) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and JSON body for ``exc``."""
+    body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
+    if exc.snapshot is not None:
+        body["snapshot"] = exc.snapshot
+    return int(exc.status), body
+
+
+def internal_error_body() -> dict[str, Any]:
+    """The body of an unexpected failure: no detail, no trace."""
+    return {"error": {"code": AppError.code, "message": "internal error"}}

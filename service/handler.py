@@ -1,0 +1,194 @@
+"""The lookup Lambda: build the parts once per container, then route each event by its shape.
+
+Four callers share one entry point, :func:`handler`:
+
+- API Gateway REST (v1) proxy events and HTTP API (v2) events, through Powertools' resolvers;
+- EventBridge scheduled events, which force a pointer check and return no customer data;
+- direct invocations, ``{"customer_id": ...}`` or ``{"customer_ids": [...]}``.
+
+Module scope holds settings, clients and the cache only; nothing of any one request.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import (
+    APIGatewayHttpResolver,
+    APIGatewayRestResolver,
+    Response,
+)
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+
+from loaders.snapshot import SnapshotReader
+from loaders.store import open_store, parse_uri
+from service import routes
+from service.cache import SnapshotCache
+from service.errors import (
+    AppError,
+    BadRequestError,
+    MethodNotAllowedError,
+    RouteNotFoundError,
+    internal_error_body,
+    to_response,
+)
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
+    from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = Logger(service="customer-lookup")
+copy_config_to_registered_loggers(source_logger=logger, include={"service", "loaders"})
+
+JSON = "application/json"
+_SCHEDULE_SOURCES = frozenset({"aws.events", "aws.scheduler"})
+# The routes and their methods, to tell "no such path" (404) from "wrong method" (405).
+_ROUTES = (
+    (re.compile(r"^/customers/batch$"), "POST"),
+    (re.compile(r"^/customers/[^/]+$"), "GET"),
+    (re.compile(r"^/health$"), "GET"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """Everything a container keeps between invocations."""
+
+    settings: Settings
+    cache: SnapshotCache
+
+
+def build_service(settings: Settings, *, s3_client: Any = None) -> Service:
+    """Open the snapshot store named by ``settings`` and wrap it in a cache (loads lazily)."""
+    if s3_client is None and parse_uri(settings.snapshot_uri)[0] == "s3":
+        # The endpoint comes from the environment (AWS_ENDPOINT_URL_S3) when one is set.
+        s3_client = boto3.client("s3")
+    store = open_store(settings.snapshot_uri, s3_client=s3_client)
+    cache = SnapshotCache(
+        SnapshotReader(store),
+        key_column=settings.key_column,
+        ttl_seconds=settings.refresh_ttl_seconds,
+        max_staleness_seconds=settings.max_staleness_seconds,
+    )
+    return Service(settings, cache)
+
+
+def _json_response(status: int, body: dict[str, Any]) -> Response:
+    return Response(status_code=status, content_type=JSON, body=_dumps(body))
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def _route_error(method: str, path: str) -> AppError:
+    methods = {m for pattern, m in _ROUTES if pattern.match(path)}
+    if methods and method not in methods:
+        return MethodNotAllowedError(f"{method} is not allowed on {path}; use {sorted(methods)[0]}")
+    return RouteNotFoundError(f"no route for {method} {path}")
+
+
+def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
+    """Attach the lookup routes and the one error mapping to a Powertools resolver."""
+    cache = service.cache
+
+    @app.get("/customers/<customer_id>")
+    def get_customer(customer_id: str) -> Response:
+        return _json_response(200, routes.get_customer(cache, customer_id))
+
+    @app.post("/customers/batch")
+    def get_customers() -> Response:
+        try:
+            body = app.current_event.decoded_body
+        except ValueError:  # isBase64Encoded with a body that is not base64
+            raise BadRequestError("request body is not valid base64") from None
+        payload = routes.parse_json_body(body)
+        return _json_response(
+            200, routes.get_customers(cache, payload, max_keys=service.settings.max_batch_keys)
+        )
+
+    @app.get("/health")
+    def health() -> Response:
+        return _json_response(200, routes.health(cache))
+
+    @app.exception_handler(AppError)
+    def app_error(exc: AppError) -> Response:
+        return _json_response(*to_response(exc))
+
+    @app.not_found
+    def not_found(_exc: NotFoundError) -> Response:
+        event = app.current_event
+        return _json_response(*to_response(_route_error(event.http_method, event.path)))
+
+    return app
+
+
+def event_kind(event: object) -> str:
+    """Which caller sent ``event``: ``http_v2``, ``rest_v1``, ``schedule`` or ``direct``."""
+    if isinstance(event, dict):
+        if event.get("version") == "2.0" and "requestContext" in event and "rawPath" in event:
+            return "http_v2"
+        if "httpMethod" in event and "requestContext" in event:
+            return "rest_v1"
+        if event.get("detail-type") == "Scheduled Event" and event.get("source") in (
+            _SCHEDULE_SOURCES
+        ):
+            return "schedule"
+    return "direct"
+
+
+class LookupFunction:
+    """Answers any of the four event shapes from one :class:`Service`."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._http = _register(APIGatewayHttpResolver(), service)
+        self._rest = _register(APIGatewayRestResolver(), service)
+
+    def __call__(self, event: Any, context: LambdaContext) -> dict[str, Any]:
+        kind = event_kind(event)
+        try:
+            if kind == "http_v2":
+                return self._http.resolve(event, context)
+            if kind == "rest_v1":
+                return self._rest.resolve(event, context)
+            return self._invoke(kind, event)
+        except Exception:  # the one broad catch: log the stack, answer without it
+            logger.exception("unhandled error", extra={"event_kind": kind})
+            if kind in ("http_v2", "rest_v1"):
+                return {
+                    "statusCode": 500,
+                    "headers": {"Content-Type": JSON},
+                    "body": _dumps(internal_error_body()),
+                    "isBase64Encoded": False,
+                }
+            return internal_error_body()
+
+    def _invoke(self, kind: str, event: Any) -> dict[str, Any]:
+        cache = self.service.cache
+        try:
+            if kind == "schedule":
+                return routes.scheduled_refresh(cache)
+            return routes.direct(cache, event, max_keys=self.service.settings.max_batch_keys)
+        except AppError as exc:
+            return to_response(exc)[1]
+
+
+@functools.cache
+def default_function() -> LookupFunction:
+    """The container's function, built on first use from the environment."""
+    return LookupFunction(build_service(Settings.from_env()))
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Lambda entry point: ``service.handler.handler``."""
+    return default_function()(event, context)

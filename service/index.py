@@ -1,0 +1,236 @@
+"""KeyIndex: exact-key lookups over a snapshot's ``pa.Table``, answered as JSON-ready dicts.
+
+Pure: no boto3, no ``os``, no clock. Keys are kept as one fixed-width numpy byte array, sorted,
+so a lookup is a binary search; row values are read straight out of the Arrow buffers through
+zero-copy ``memoryview``s, so the index adds little memory beyond the table itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loaders.errors import SnapshotInvalidError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+_EPOCH_DATE = date(1970, 1, 1)
+_MICROS_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}
+_INT_CODES = {
+    (8, True): "b",
+    (16, True): "h",
+    (32, True): "i",
+    (64, True): "q",
+    (8, False): "B",
+    (16, False): "H",
+    (32, False): "I",
+    (64, False): "Q",
+}
+
+
+def to_json_value(value: Any) -> Any:
+    """Turn one Arrow-produced Python value into something ``json.dumps`` renders faithfully.
+
+    Timestamps, dates and times become ISO-8601 strings, decimals become strings (no float
+    rounding), bytes become base64, and NaN/infinity become ``None``.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v) for v in value]
+    return str(value)
+
+
+class KeyIndex:
+    """Sorted-key index over one table.
+
+    Parameters
+    ----------
+    table : pa.Table
+        Rows sorted by ``key_column``, keys unique, non-null strings.
+    key_column : str
+        The column to look up by.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        If the key column is missing, not strings, has nulls, or is not strictly increasing.
+
+    Examples
+    --------
+    >>> t = pa.table({"customer_id": ["C1", "C2"], "segment": ["smb", "ent"]})
+    >>> KeyIndex(t, "customer_id").get("C2")
+    {'customer_id': 'C2', 'segment': 'ent'}
+    >>> KeyIndex(t, "customer_id").get("C3") is None
+    True
+    """
+
+    def __init__(self, table: pa.Table, key_column: str) -> None:
+        if key_column not in table.column_names:
+            raise SnapshotInvalidError(f"key column {key_column!r} is missing")
+        table = table.combine_chunks()
+        self.table = table
+        self.key_column = key_column
+        self._keys = _key_array(_single_chunk(table.column(key_column)))
+        self._width = self._keys.dtype.itemsize
+        self._getters: tuple[tuple[str, Callable[[int], Any]], ...] = tuple(
+            (name, _getter(_single_chunk(table.column(name)))) for name in table.column_names
+        )
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def position(self, key: str) -> int | None:
+        """The row number of ``key``, or ``None`` if it is absent."""
+        raw = key.encode()
+        # numpy would truncate a longer probe to the array's width and match a prefix.
+        if len(raw) > self._width or not raw:
+            return None
+        keys = self._keys
+        i = int(keys.searchsorted(raw))
+        if i < len(keys) and keys[i] == raw:
+            return i
+        return None
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as a JSON-ready dict."""
+        return {name: get(i) for name, get in self._getters}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The row for ``key`` as a JSON-ready dict, or ``None``."""
+        i = self.position(key)
+        return None if i is None else self.row(i)
+
+    def get_many(self, keys: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
+        """Rows found, in request order, and the keys not found."""
+        found: list[dict[str, Any]] = []
+        missing: list[str] = []
+        for key in keys:
+            row = self.get(key)
+            if row is None:
+                missing.append(key)
+            else:
+                found.append(row)
+        return found, missing
+
+
+def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    return pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
+
+
+def _key_array(keys: pa.Array) -> np.ndarray:
+    """Keys as a fixed-width, NUL-padded numpy byte array, checked to be strictly increasing."""
+    if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
+        raise SnapshotInvalidError(f"key column must be strings, not {keys.type}")
+    if keys.null_count:
+        raise SnapshotInvalidError(f"key column has {keys.null_count} nulls")
+    if len(keys) == 0:
+        return np.empty(0, dtype="S1")
+    width = max(1, pc.max(pc.binary_length(keys)).as_py())
+    if pc.all(pc.string_is_ascii(keys)).as_py():
+        # Pad in Arrow, then view the data buffer as fixed-width records: no Python objects.
+        padded = pc.utf8_rpad(keys, width, "\x00").cast(pa.large_string())
+        data = padded.buffers()[2]
+        array = np.frombuffer(data, dtype=f"S{width}", count=len(keys))
+    else:
+        array = np.array([k.encode() for k in keys.to_pylist()], dtype=f"S{width}")
+    if len(array) > 1 and not bool(np.all(array[1:] > array[:-1])):
+        raise SnapshotInvalidError("keys are not unique and sorted")
+    return array
+
+
+def _with_nulls(array: pa.Array, get: Callable[[int], Any]) -> Callable[[int], Any]:
+    if array.null_count == 0:
+        return get
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    return lambda i: get(i) if valid[i] else None
+
+
+def _getter(array: pa.Array) -> Callable[[int], Any]:
+    """A function from row number to the JSON-ready value of ``array`` at that row."""
+    kind = array.type
+    offset = array.offset
+    if pa.types.is_dictionary(kind):
+        values = [to_json_value(v) for v in array.dictionary.to_pylist()]
+        indices = _view(array.indices)
+        return _with_nulls(array, lambda i: values[indices[i]])
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        offsets = memoryview(array.buffers()[1]).cast(
+            "q" if pa.types.is_large_string(kind) else "i"
+        )
+        data = memoryview(array.buffers()[2] or b"")
+        return _with_nulls(
+            array,
+            lambda i: str(data[offsets[offset + i] : offsets[offset + i + 1]], "utf-8"),
+        )
+    if pa.types.is_boolean(kind):
+        bits = array.fill_null(False).to_numpy(zero_copy_only=False).tolist()
+        return _with_nulls(array, bits.__getitem__)
+    if pa.types.is_integer(kind):
+        return _with_nulls(array, _view(array).__getitem__)
+    if pa.types.is_floating(kind):
+        floats = _view(array)
+        return _with_nulls(array, lambda i: to_json_value(floats[i]))
+    if pa.types.is_timestamp(kind):
+        return _with_nulls(array, _timestamp_getter(array))
+    if pa.types.is_date32(kind):
+        days = _view(array.view(pa.int32()))
+        return _with_nulls(array, lambda i: (_EPOCH_DATE + timedelta(days=days[i])).isoformat())
+    # Anything rarer (decimals, lists, structs, ...) goes through Arrow's own conversion.
+    return lambda i: to_json_value(array[i].as_py())
+
+
+def _view(array: pa.Array) -> Sequence[Any]:
+    """Values of an integer or float array as a zero-copy sequence of Python numbers.
+
+    Slots under nulls hold arbitrary values; callers guard them with :func:`_with_nulls`.
+    """
+    kind = array.type
+    if pa.types.is_integer(kind):
+        code = _INT_CODES[(kind.bit_width, pa.types.is_signed_integer(kind))]
+    elif kind in (pa.float32(), pa.float64()):
+        code = "f" if kind == pa.float32() else "d"
+    else:
+        array, code = array.cast(pa.float64()), "d"
+    values = memoryview(array.buffers()[1]).cast(code)
+    return values[array.offset : array.offset + len(array)]
+
+
+def _timestamp_getter(array: pa.Array) -> Callable[[int], str]:
+    kind: pa.TimestampType = array.type
+    ticks = _view(array.view(pa.int64()))
+    zone = None if kind.tz is None else (UTC if kind.tz in ("UTC", "+00:00") else ZoneInfo(kind.tz))
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    per_unit = _MICROS_PER_UNIT[kind.unit]
+
+    def get(i: int) -> str:
+        micros = ticks[i] * per_unit if per_unit else ticks[i] // 1000
+        moment = epoch + timedelta(microseconds=micros)
+        if zone is None:
+            return moment.replace(tzinfo=None).isoformat()
+        return (moment if zone is UTC else moment.astimezone(zone)).isoformat()
+
+    return get

@@ -1,0 +1,186 @@
+"""Dev-only HTTP server: real HTTP requests in, API Gateway HTTP API (v2) events to the handler.
+
+    SNAPSHOT_URI=file:///abs/path python -m service.local_server --port 3000
+
+Binds 127.0.0.1 only. Each request becomes a full v2 event for the same handler Lambda runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+
+
+@dataclass
+class LocalContext:
+    """The parts of a Lambda context object that Powertools and our handler read."""
+
+    function_name: str = "customer-lookup-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 1024
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    invoked_function_arn: str = (
+        "arn:aws:lambda:us-east-1:123456789012:function:customer-lookup-local"
+    )
+    log_group_name: str = "/aws/lambda/customer-lookup-local"
+    log_stream_name: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def to_event(method: str, target: str, headers: dict[str, str], body: bytes, peer: str) -> dict:
+    """Build an API Gateway HTTP API (payload format 2.0) event for one request."""
+    parts = urlsplit(target)
+    now = datetime.now(UTC)
+    request_id = str(uuid.uuid4())
+    lowered = {k.lower(): v for k, v in headers.items()}
+    text: str | None = None
+    is_base64 = False
+    if body:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text, is_base64 = base64.b64encode(body).decode(), True
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": parts.path,
+        "rawQueryString": parts.query,
+        "headers": lowered,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "local",
+            "domainName": lowered.get("host", "127.0.0.1"),
+            "domainPrefix": "local",
+            "http": {
+                "method": method,
+                "path": unquote(parts.path),
+                "protocol": "HTTP/1.1",
+                "sourceIp": peer,
+                "userAgent": lowered.get("user-agent", ""),
+            },
+            "requestId": request_id,
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
+        },
+        "body": text,
+        "isBase64Encoded": is_base64,
+    }
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as API Gateway clients use
+    server: LocalServer
+
+    def setup(self) -> None:
+        super().setup()
+        # Without this, Nagle's algorithm adds ~40 ms to small responses on loopback.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self._write(
+                413,
+                {"Content-Type": "application/json"},
+                b'{"error":{"code":"payload_too_large","message":"body over 6 MB"}}',
+            )
+            return
+        body = self.rfile.read(length) if length else b""
+        event = to_event(self.command, self.path, dict(self.headers), body, self.client_address[0])
+        result = self.server.handler(event, LocalContext())
+        payload = result.get("body") or ""
+        data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
+        self._write(int(result.get("statusCode", 200)), result.get("headers") or {}, data)
+
+    def _write(self, status: int, headers: dict[str, str], data: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            if name.lower() not in ("content-length", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: request lines would carry customer keys."""
+
+
+class LocalServer(ThreadingHTTPServer):
+    """A threaded loopback server that hands every request to ``handler`` as a v2 event."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: Callable[[dict[str, Any], Any], dict[str, Any]], port: int = 0):
+        self.handler = handler
+        super().__init__(("127.0.0.1", port), _RequestHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the snapshot named by SNAPSHOT_URI, then serve it on 127.0.0.1."""
+    from service.handler import default_function, handler
+    from service.settings import ConfigError
+
+    parser = argparse.ArgumentParser(description="Serve the lookup handler on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=3000)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        function = default_function()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    # Load before accepting requests, so the first answer is not a cold load.
+    function.service.cache.refresh()
+    if function.service.cache.version is None:
+        print("warning: no snapshot could be loaded; /health will answer 503", file=sys.stderr)
+    server = LocalServer(handler, args.port)
+    cache = function.service.cache
+    example = "C000000001"
+    if cache.version is not None:
+        index = cache.serving().index
+        example = index.table.column(index.key_column)[0].as_py()
+    print(f"loaded snapshot {cache.version} in {time.perf_counter() - started:.2f}s")
+    print(f"serving on {server.url}  (Ctrl-C to stop)")
+    print(f"  curl {server.url}/customers/{example}")
+    print(
+        f"  curl -X POST {server.url}/customers/batch -H 'Content-Type: application/json' "
+        f"""-d '{{"customer_ids": ["{example}", "NO_SUCH_ID"]}}'"""
+    )
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
