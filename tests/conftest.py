@@ -1,0 +1,154 @@
+"""Shared test parts: a fake clock, tiny tables, AWS sample events, stores and a moto server."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.request import Request, urlopen
+
+import boto3
+import pyarrow as pa
+import pytest
+from moto import mock_aws
+from moto.server import ThreadedMotoServer
+
+from loaders.publish import publish_table
+from loaders.store import FileStore, ObjectStore, S3Store
+from service.local_server import LocalContext
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+EVENTS = Path(__file__).parent / "events"
+BUCKET = "snapshots-test"
+PREFIX = "customer-mapping"
+REGION = "us-east-1"
+T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    """A clock tests move by hand: ``clock.advance(301)``; never sleeps."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def customers(ids: list[str], *, segment: str = "smb") -> pa.Table:
+    """A small table with the sample schema, keyed by ``ids`` (sorted here)."""
+    ids = sorted(ids)
+    n = len(ids)
+    return pa.table(
+        {
+            "customer_id": pa.array(ids, pa.string()),
+            "account_id": pa.array([f"A{i:010d}" for i in range(n)], pa.string()),
+            "segment": pa.array([segment] * n, pa.string()),
+            "region": pa.array(["eu-west-1" if i % 2 else "us-east-1" for i in range(n)]),
+            "tier": pa.array(["premium"] * n, pa.string()),
+            "updated_at": pa.array(
+                [datetime(2024, 1, 1 + i % 28, 9, 30, tzinfo=UTC) for i in range(n)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+        }
+    )
+
+
+@pytest.fixture
+def small_table() -> pa.Table:
+    """Three customers: C000000001..C000000003."""
+    return customers(["C000000001", "C000000002", "C000000003"])
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """A fresh copy of a sample event from ``tests/events/`` (name without ``.json``)."""
+    return copy.deepcopy(json.loads((EVENTS / f"{name}.json").read_text()))
+
+
+@pytest.fixture
+def lambda_context() -> LocalContext:
+    return LocalContext()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def wall_clock() -> FakeClock:
+    """Epoch seconds, starting at T0 (when test snapshots are published)."""
+    return FakeClock(T0.timestamp())
+
+
+def publish(store: ObjectStore, table: pa.Table, now: datetime = T0) -> str:
+    """Publish ``table`` to ``store`` and return the new version."""
+    return publish_table(store, table, key_column="customer_id", now=now).manifest.version
+
+
+@pytest.fixture
+def file_store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "snapshots")
+
+
+# --- AWS: fake credentials, mock_aws in-process, and one moto server per session -------------
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and region; no endpoint override (mock_aws ignores custom endpoints)."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def mock_s3(aws_env: None) -> Iterator[Any]:
+    """An in-process moto S3 with the test bucket; yields a boto3 client."""
+    with mock_aws():
+        client = boto3.client("s3", region_name=REGION)
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A real moto HTTP server on 127.0.0.1 (random port), shared by the session."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def server_s3(moto_server: str, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """boto3 pointed at the moto server through AWS_ENDPOINT_URL_S3; state reset per test."""
+    urlopen(Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10).read()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)
+    client = boto3.client("s3", region_name=REGION)
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+
+
+@pytest.fixture(params=["file", "mock_aws", "moto_server"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    """The same snapshot root contract over a directory, in-process moto, and a moto server."""
+    if request.param == "file":
+        return FileStore(tmp_path / "snapshots")
+    client = request.getfixturevalue("mock_s3" if request.param == "mock_aws" else "server_s3")
+    return S3Store(client, BUCKET, PREFIX)
