@@ -175,7 +175,9 @@ def decode_snapshot(manifest: Manifest, body: bytes) -> Snapshot:
     if digest != manifest.sha256:
         raise SnapshotInvalidError(f"snapshot {manifest.version}: sha256 mismatch ({digest})")
     try:
-        table = pq.read_table(pa.BufferReader(body))
+        # ParquetFile.read keeps one chunk per row group (read_table splits into batches), so
+        # the index can use the columns as they are instead of copying them into one chunk.
+        table = pq.ParquetFile(pa.BufferReader(body)).read()
     except (pa.ArrowException, OSError) as exc:
         raise SnapshotInvalidError(
             f"snapshot {manifest.version}: unreadable Parquet: {exc}"
@@ -191,6 +193,8 @@ def decode_snapshot(manifest: Manifest, body: bytes) -> Snapshot:
         raise SnapshotInvalidError(
             f"snapshot {manifest.version}: key column {manifest.key_column!r} is missing"
         )
+    # Decoding leaves freed pages in the allocator; hand them back so RSS tracks the table.
+    pa.default_memory_pool().release_unused()
     return Snapshot(manifest, table)
 
 

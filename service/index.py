@@ -149,8 +149,13 @@ def _key_array(keys: pa.Array) -> np.ndarray:
         raise SnapshotInvalidError(f"key column has {keys.null_count} nulls")
     if len(keys) == 0:
         return np.empty(0, dtype="S1")
-    width = max(1, pc.max(pc.binary_length(keys)).as_py())
-    if pc.all(pc.string_is_ascii(keys)).as_py():
+    lengths = pc.min_max(pc.binary_length(keys)).as_py()
+    width = max(1, lengths["max"])
+    if lengths["min"] == width and pa.types.is_string(keys.type):
+        # Fixed-width keys (the usual ID format): view Arrow's data buffer as is, zero-copy.
+        first = memoryview(keys.buffers()[1]).cast("i")[keys.offset]
+        array = np.frombuffer(keys.buffers()[2], dtype=f"S{width}", count=len(keys), offset=first)
+    elif pc.all(pc.string_is_ascii(keys)).as_py():
         # Pad in Arrow, then view the data buffer as fixed-width records: no Python objects.
         padded = pc.utf8_rpad(keys, width, "\x00").cast(pa.large_string())
         data = padded.buffers()[2]
