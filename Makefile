@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA := $(CURDIR)/.data
 ROOT := $(DATA)/snapshots
+SOURCE := $(DATA)/source/customers.parquet
 ROWS ?= 1000000
 PORT ?= 3000
 
@@ -18,8 +19,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(ROOT)/CURRENT: | $(STAMP)
-	$(PY) scripts/sample_data.py --rows $(ROWS) --to file://$(ROOT)
+$(SOURCE): | $(STAMP)
+	$(PY) scripts/sample_data.py --rows $(ROWS) --out $(SOURCE)
+
+# The real build path, on the embedded engine: shipped SQL -> DuckDB -> validate -> publish.
+$(ROOT)/CURRENT: $(SOURCE)
+	$(VENV)/bin/snapshotctl build --engine duckdb --sql sql/customer_mapping.sql \
+		--table customers=$(SOURCE) --to file://$(ROOT) --allow-row-change
 
 sample: $(ROOT)/CURRENT
 

@@ -23,6 +23,7 @@ POINTER_KEY = "CURRENT"
 SNAPSHOTS_PREFIX = "snapshots"
 DATA_NAME = "data.parquet"
 MANIFEST_NAME = "manifest.json"
+CHANGES_NAME = "changes.json"
 VERSION_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 
 
@@ -48,6 +49,8 @@ def new_version(now: datetime, token: str | None = None) -> str:
 
 def snapshot_key(version: str, name: str) -> str:
     """The store key of one file of one snapshot version."""
+    if name not in (DATA_NAME, MANIFEST_NAME, CHANGES_NAME):
+        raise ValueError(f"{name!r} is not a snapshot file name")
     return f"{SNAPSHOTS_PREFIX}/{check_version(version)}/{name}"
 
 

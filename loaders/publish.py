@@ -42,6 +42,7 @@ def publish_table(
     key_column: str,
     now: datetime,
     source: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Published:
     """Check ``table``, write it as a new version, and point ``CURRENT`` at it.
 
@@ -57,6 +58,8 @@ def publish_table(
         Aware UTC time of the build; it becomes the version's time and ``created_at``.
     source : dict, optional
         Free-form provenance stored in the manifest.
+    extra_files : dict of str to bytes, optional
+        More files of the snapshot (``changes.json``), written before the manifest.
 
     Returns
     -------
@@ -71,12 +74,18 @@ def publish_table(
     check_keys(table, key_column)
     version = new_version(now)
     manifest = write_snapshot(
-        store, table, version=version, key_column=key_column, created_at=now, source=source
+        store,
+        table,
+        version=version,
+        key_column=key_column,
+        created_at=now,
+        source=source,
+        extra_files=extra_files,
     )
-    return Published(manifest, *_announce_latest(store, version))
+    return Published(manifest, *announce_latest(store, version))
 
 
-def _announce_latest(store: ObjectStore, version: str) -> tuple[bool, str]:
+def announce_latest(store: ObjectStore, version: str) -> tuple[bool, str]:
     """Move ``CURRENT`` to ``version`` unless a newer version holds it; never move it back."""
     for _ in range(MAX_ANNOUNCE_ATTEMPTS):
         previous: Pointer | None = try_read_pointer(store)

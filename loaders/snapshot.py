@@ -134,11 +134,12 @@ def write_snapshot(
     key_column: str,
     created_at: datetime,
     source: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Manifest:
-    """Check ``table``, then write its data and then its manifest, each create-only.
+    """Check ``table``, then write its data, any extra files, and last its manifest, create-only.
 
-    Nothing is written when a check fails. The pointer is not touched: see
-    :func:`loaders.manifest.announce`.
+    Nothing is written when a check fails. The manifest goes last so that its presence means
+    the snapshot is complete. The pointer is not touched: see :func:`loaders.manifest.announce`.
     """
     check_keys(table, key_column)
     body = encode_table(table, key_column)
@@ -153,6 +154,8 @@ def write_snapshot(
         source=dict(source or {}),
     )
     store.put(snapshot_key(version, DATA_NAME), body, if_none_match="*")
+    for name, extra in (extra_files or {}).items():
+        store.put(snapshot_key(version, name), extra, if_none_match="*")
     store.put(snapshot_key(version, MANIFEST_NAME), manifest.to_json(), if_none_match="*")
     return manifest
 

@@ -1,6 +1,6 @@
-"""Deterministic sample customers, and a command that publishes them as a snapshot.
+"""Deterministic sample customers: the source table ``make run`` builds its snapshot from.
 
-    python scripts/sample_data.py --rows 1000000 --to file:///abs/path/snapshots
+    python scripts/sample_data.py --rows 1000000 --out .data/source/customers.parquet
 
 The same ``--rows`` and ``--seed`` always give the same table.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 SEGMENTS = (
     "enterprise",
@@ -92,34 +92,20 @@ def make_customers(rows: int, seed: int = 7) -> pa.Table:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Publish a sample snapshot to a ``file://`` root."""
-    from loaders.publish import publish_table
-    from loaders.store import open_store
-
+    """Write the sample source table (rows shuffled, as a warehouse returns them) to Parquet."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--to", required=True, help="snapshot root, file:///abs/path")
-    parser.add_argument("--parquet", type=Path, help="also write the source table here")
+    parser.add_argument("--out", type=Path, required=True, help="Parquet file to write")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     table = make_customers(args.rows, args.seed)
-    if args.parquet:
-        import pyarrow.parquet as pq
-
-        args.parquet.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, args.parquet, compression="zstd")
-    published = publish_table(
-        open_store(args.to),
-        table,
-        key_column="customer_id",
-        now=datetime.now(UTC),
-        source={"generator": "scripts/sample_data.py", "rows": args.rows, "seed": args.seed},
-    )
-    manifest = published.manifest
+    shuffled = table.take(np.random.default_rng(args.seed).permutation(table.num_rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(shuffled, args.out, compression="zstd")
     print(
-        f"published {manifest.version}: {manifest.row_count:,} rows, {manifest.bytes / 1e6:.1f} MB"
-        f" to {args.to} in {time.perf_counter() - started:.1f}s"
+        f"wrote {args.rows:,} sample customers to {args.out} "
+        f"({args.out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f}s"
     )
     return 0
 

@@ -1,0 +1,281 @@
+"""Query engines that turn the builder's SELECT into a ``pa.Table``.
+
+- :class:`AthenaEngine` wraps the SELECT in ``UNLOAD ... TO '<staging>/<run id>/'`` (Parquet, zstd),
+  polls with backoff under a deadline, and reads the unloaded files with pyarrow.
+- :class:`DuckDBEngine`, the embedded default, runs the same SQL over local Parquet/CSV files
+  registered under the table names the SQL uses, and writes the result with ``COPY ... TO``.
+
+Both take their clients, clock and sleep as arguments: tests never wait.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from botocore.exceptions import BotoCoreError, ClientError
+
+from loaders.errors import QueryFailedError
+from loaders.store import parse_uri
+
+Progress = Callable[[str], None]
+
+# Functions and statements that only Athena/Trino knows, with the DuckDB spelling where one exists.
+_ATHENA_ONLY = {
+    "unload": "UNLOAD is added by the Athena engine itself; give a plain SELECT",
+    "date_parse": "use strptime, or keep the parsing out of the shared query",
+    "from_iso8601_timestamp": "use CAST(x AS TIMESTAMP WITH TIME ZONE)",
+    "approx_distinct": "use approx_count_distinct in DuckDB, or count(DISTINCT ...)",
+    "regexp_like": "use regexp_matches in DuckDB",
+}
+
+
+class QueryEngine(Protocol):
+    """Runs one SELECT and returns its rows."""
+
+    name: str
+
+    def run(self, sql: str, *, progress: Progress | None = None) -> pa.Table: ...
+
+
+def check_select(sql: str) -> str:
+    """Return ``sql`` without a trailing ``;`` if it is one SELECT (or WITH ... SELECT).
+
+    Raises
+    ------
+    QueryFailedError
+        If it is empty, holds several statements, or is not a SELECT.
+    """
+    text = _strip_comments(sql).strip().rstrip(";").strip()
+    if not text:
+        raise QueryFailedError("the query is empty")
+    if ";" in text:
+        raise QueryFailedError("the query must be a single SELECT statement (found ';')")
+    first = text.split(None, 1)[0].lower()
+    if first not in ("select", "with"):
+        raise QueryFailedError(f"the query must be a SELECT, not {first.upper()}")
+    return text
+
+
+def _strip_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*", "", sql)
+
+
+def athena_only_features(sql: str) -> list[str]:
+    """Athena-only words in ``sql``, each with a hint for the common subset."""
+    words = set(re.findall(r"[a-z_0-9]+", _strip_comments(sql).lower()))
+    return [f"{word}: {hint}" for word, hint in _ATHENA_ONLY.items() if word in words]
+
+
+class AthenaEngine:
+    """Runs a SELECT on Athena as ``UNLOAD`` to Parquet, then reads the files.
+
+    Parameters
+    ----------
+    athena : Any
+        A boto3 Athena client.
+    s3 : Any
+        A boto3 S3 client, to list and read the unloaded files.
+    workgroup : str
+        The workgroup the query runs in (its settings and limits apply).
+    database : str
+        The Glue database the SQL's table names resolve in.
+    staging_uri : str
+        ``s3://bucket/prefix`` for UNLOAD output; each run writes a fresh ``<run id>/`` below it,
+        because UNLOAD refuses a non-empty target.
+    deadline_seconds : float, default 900
+        Past this the query is stopped and the run fails.
+    sleep, clock : callable
+        Injected so tests need not wait.
+    """
+
+    name = "athena"
+
+    def __init__(
+        self,
+        athena: Any,
+        s3: Any,
+        *,
+        workgroup: str,
+        database: str,
+        staging_uri: str,
+        deadline_seconds: float = 900.0,
+        first_poll_seconds: float = 1.0,
+        max_poll_seconds: float = 15.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        run_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        scheme, bucket, prefix = parse_uri(staging_uri)
+        if scheme != "s3":
+            raise ValueError(f"staging_uri must be s3://bucket/prefix, got {staging_uri!r}")
+        self.athena = athena
+        self.s3 = s3
+        self.workgroup = workgroup
+        self.database = database
+        self.bucket = bucket
+        self.prefix = prefix
+        self.deadline_seconds = deadline_seconds
+        self.first_poll_seconds = first_poll_seconds
+        self.max_poll_seconds = max_poll_seconds
+        self.sleep = sleep
+        self.clock = clock
+        self.run_id = run_id
+
+    def unload_sql(self, sql: str, target_prefix: str) -> str:
+        """The UNLOAD statement for ``sql`` writing below ``s3://<bucket>/<target_prefix>``."""
+        return (
+            f"UNLOAD ({check_select(sql)}) TO 's3://{self.bucket}/{target_prefix}' "
+            "WITH (format = 'PARQUET', compression = 'ZSTD')"
+        )
+
+    def run(self, sql: str, *, progress: Progress | None = None) -> pa.Table:
+        """Run ``sql`` and return its rows.
+
+        Raises
+        ------
+        QueryFailedError
+            If Athena reports FAILED or CANCELLED (with its reason), the deadline passes (the
+            query is stopped first), or a call fails after botocore's retries.
+        """
+        target = "/".join(p for p in (self.prefix, self.run_id()) if p) + "/"
+        query_id = self._start(self.unload_sql(sql, target))
+        self._wait(query_id, progress or (lambda _msg: None))
+        return self._read(target)
+
+    def _start(self, statement: str) -> str:
+        try:
+            response = self.athena.start_query_execution(
+                QueryString=statement,
+                QueryExecutionContext={"Database": self.database},
+                WorkGroup=self.workgroup,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise QueryFailedError(f"Athena did not start the query: {exc}") from exc
+        return response["QueryExecutionId"]
+
+    def _wait(self, query_id: str, progress: Progress) -> None:
+        started = self.clock()
+        delay = self.first_poll_seconds
+        while True:
+            try:
+                execution = self.athena.get_query_execution(QueryExecutionId=query_id)
+            except (ClientError, BotoCoreError) as exc:
+                raise QueryFailedError(f"cannot read query {query_id}: {exc}") from exc
+            status = execution["QueryExecution"]["Status"]
+            state = status["State"]
+            elapsed = self.clock() - started
+            progress(f"query {query_id} {state} after {elapsed:.0f}s")
+            if state == "SUCCEEDED":
+                return
+            if state in ("FAILED", "CANCELLED"):
+                reason = status.get("StateChangeReason") or status.get("AthenaError", {}).get(
+                    "ErrorMessage", "no reason given"
+                )
+                raise QueryFailedError(f"Athena query {query_id} {state}: {reason}")
+            if elapsed + delay > self.deadline_seconds:
+                self._stop(query_id)
+                raise QueryFailedError(
+                    f"Athena query {query_id} still {state} after {elapsed:.0f}s; "
+                    f"stopped at the {self.deadline_seconds:.0f}s deadline"
+                )
+            self.sleep(delay)
+            delay = min(delay * 2, self.max_poll_seconds)
+
+    def _stop(self, query_id: str) -> None:
+        try:
+            self.athena.stop_query_execution(QueryExecutionId=query_id)
+        except (ClientError, BotoCoreError) as exc:
+            raise QueryFailedError(
+                f"deadline passed and stopping {query_id} failed: {exc}"
+            ) from exc
+
+    def _read(self, target: str) -> pa.Table:
+        """Read every file UNLOAD wrote below ``target`` (they have no extension)."""
+        try:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=target
+            )
+            keys = sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+            tables = [
+                pq.read_table(
+                    pa.BufferReader(self.s3.get_object(Bucket=self.bucket, Key=k)["Body"].read())
+                )
+                for k in keys
+            ]
+        except (ClientError, BotoCoreError) as exc:
+            raise QueryFailedError(
+                f"cannot read UNLOAD output s3://{self.bucket}/{target}"
+            ) from exc
+        except pa.ArrowException as exc:
+            raise QueryFailedError(f"UNLOAD output is not readable Parquet: {exc}") from exc
+        if not tables:
+            raise QueryFailedError(f"UNLOAD wrote no files to s3://{self.bucket}/{target}")
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
+class DuckDBEngine:
+    """Runs the builder's SQL in DuckDB over local Parquet/CSV files.
+
+    Parameters
+    ----------
+    tables : mapping of str to path
+        Table name used by the SQL -> a local ``.parquet`` or ``.csv`` file (or a directory of
+        Parquet files).
+    """
+
+    name = "duckdb"
+
+    def __init__(self, tables: Mapping[str, str | Path]) -> None:
+        self.tables = {name: Path(path) for name, path in tables.items()}
+        for name in self.tables:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"table name {name!r} is not a plain SQL identifier")
+
+    def run(self, sql: str, *, progress: Progress | None = None) -> pa.Table:
+        """Run ``sql`` and return its rows.
+
+        Raises
+        ------
+        QueryFailedError
+            If the SQL uses Athena-only syntax, names a missing table or file, or fails.
+        """
+        import duckdb  # here, not at the top: the Athena builder Lambda does not ship DuckDB
+
+        text = check_select(sql)
+        if found := athena_only_features(text):
+            raise QueryFailedError(
+                "the query uses Athena-only SQL, which DuckDB cannot run: " + "; ".join(found)
+            )
+        report = progress or (lambda _msg: None)
+        with tempfile.TemporaryDirectory(prefix="duckdb-build-") as tmp:
+            out = Path(tmp) / "result.parquet"
+            con = duckdb.connect()
+            try:
+                for name, path in self.tables.items():
+                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM {_reader(path)}")
+                report("query running in DuckDB")
+                con.execute(f"COPY ({text}) TO '{out}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+            except duckdb.Error as exc:
+                raise QueryFailedError(f"DuckDB could not run the query: {exc}") from exc
+            finally:
+                con.close()
+            return pq.read_table(out)
+
+
+def _reader(path: Path) -> str:
+    if not path.exists():
+        raise QueryFailedError(f"table file {path} does not exist")
+    quoted = str(path.resolve()).replace("'", "''")
+    if path.is_dir():
+        return f"read_parquet('{quoted}/*')"
+    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        return f"read_csv('{quoted}', header = true)"
+    return f"read_parquet('{quoted}')"

@@ -1,0 +1,259 @@
+"""Checks a built table must pass before it is published, and the change report beside it.
+
+After Hollow's validators: each check looks at the new table (and the previous manifest) and
+returns problems; any problem blocks the publish and leaves the pointer where it was. Each
+problem line gives a count and up to 20 example keys.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loaders.errors import SnapshotInvalidError
+from loaders.manifest import Column
+from loaders.snapshot import MAX_EXAMPLES, check_keys, sort_by_key, value_type
+
+if TYPE_CHECKING:
+    from loaders.manifest import Manifest
+
+KEY_FORMAT = r"^[A-Za-z0-9_-]{1,64}$"
+DEFAULT_MAX_ROW_CHANGE = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a build must satisfy.
+
+    Attributes
+    ----------
+    key_column : str
+    contract : tuple of Column, optional
+        Expected columns and types; when empty, the previous snapshot's columns are the contract.
+    min_rows : int, default 1
+    max_row_change : float, default 0.10
+        Largest allowed relative change of the row count against the previous version.
+    allow_row_change : bool, default False
+        Operator override for a deliberate large change.
+    key_format : str
+        Regular expression every key must match (the lookup API's key rule).
+    """
+
+    key_column: str
+    contract: tuple[Column, ...] = ()
+    min_rows: int = 1
+    max_row_change: float = DEFAULT_MAX_ROW_CHANGE
+    allow_row_change: bool = False
+    key_format: str = KEY_FORMAT
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Rows added, removed and changed against the previous version."""
+
+    previous_version: str | None
+    added: int
+    removed: int
+    changed: int
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "previous_version": self.previous_version,
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "examples": self.examples,
+        }
+
+
+def _examples(values: pa.Array | pa.ChunkedArray) -> str:
+    return ", ".join(repr(v) for v in values.slice(0, MAX_EXAMPLES).to_pylist())
+
+
+def parse_contract(text: str) -> tuple[Column, ...]:
+    """Parse ``"name:type,name:type"`` (types as Arrow prints them) into a contract.
+
+    >>> parse_contract("customer_id:string, updated_at:timestamp[us, tz=UTC]")[1]
+    Column(name='updated_at', type='timestamp[us, tz=UTC]')
+    """
+    columns = []
+    # Split on commas that start a new "name:" so types like timestamp[us, tz=UTC] stay whole.
+    for part in re.split(r",\s*(?=[A-Za-z_][A-Za-z0-9_]*\s*:)", text.strip()):
+        name, sep, kind = part.partition(":")
+        if not sep or not name.strip() or not kind.strip():
+            raise ValueError(f"expected name:type, got {part!r}")
+        columns.append(Column(name.strip(), kind.strip()))
+    return tuple(columns)
+
+
+def conform(table: pa.Table, contract: Sequence[Column]) -> tuple[pa.Table, list[str]]:
+    """Cast ``table`` to the contract's types where that is lossless; report what is not.
+
+    Engines spell types differently (Athena UNLOAD gives ``timestamp[ns]`` where DuckDB gives
+    ``timestamp[us, tz=UTC]``), so a safe cast is not a schema change; a failed one is.
+    """
+    problems: list[str] = []
+    if not contract:  # the first build of a root with no configured contract
+        return table, problems
+    names = set(table.column_names)
+    expected = {c.name for c in contract}
+    if missing := [c.name for c in contract if c.name not in names]:
+        problems.append(f"missing columns: {', '.join(missing)}")
+    if extra := [n for n in table.column_names if n not in expected]:
+        problems.append(f"unexpected columns: {', '.join(extra)}")
+    for column in contract:
+        if column.name not in names:
+            continue
+        current = table.column(column.name)
+        if str(value_type(current.type)) == column.type:
+            continue
+        try:
+            target = _parse_type(column.type)
+            if not _same_family(value_type(current.type), target):
+                raise TypeError("different kind")
+            cast = pc.cast(current, target, safe=True)
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            problems.append(
+                f"column {column.name}: type {value_type(current.type)}, expected {column.type}"
+                f" ({type(exc).__name__})"
+            )
+            continue
+        table = table.set_column(table.column_names.index(column.name), column.name, cast)
+    if not problems:
+        table = table.select([c.name for c in contract])
+    return table, problems
+
+
+_FAMILIES = (
+    pa.types.is_timestamp,
+    lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_decimal,
+)
+
+
+def _same_family(source: pa.DataType, target: pa.DataType) -> bool:
+    """Whether a cast only re-spells a type (unit, zone, width), rather than changing its kind."""
+    return any(family(source) and family(target) for family in _FAMILIES)
+
+
+def _parse_type(text: str) -> pa.DataType:
+    simple = {
+        "string": pa.string(), "large_string": pa.large_string(), "bool": pa.bool_(),
+        "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
+        "uint8": pa.uint8(), "uint16": pa.uint16(), "uint32": pa.uint32(),
+        "uint64": pa.uint64(), "float": pa.float32(), "double": pa.float64(),
+        "date32[day]": pa.date32(), "binary": pa.binary(),
+    }  # fmt: skip
+    if text in simple:
+        return simple[text]
+    if match := re.fullmatch(r"timestamp\[(s|ms|us|ns)(?:, tz=([^\]]+))?\]", text):
+        return pa.timestamp(match[1], tz=match[2])
+    if match := re.fullmatch(r"decimal128\((\d+), (\d+)\)", text):
+        return pa.decimal128(int(match[1]), int(match[2]))
+    raise ValueError(f"unsupported contract type {text!r}")
+
+
+def check_key_format(table: pa.Table, rules: Rules) -> list[str]:
+    keys = table.column(rules.key_column).drop_null()
+    bad = pc.invert(pc.match_substring_regex(keys, rules.key_format))
+    if count := pc.sum(bad).as_py() or 0:
+        return [f"{count} keys outside {rules.key_format}, e.g. {_examples(pc.filter(keys, bad))}"]
+    return []
+
+
+def check_row_count(table: pa.Table, rules: Rules, previous: Manifest | None) -> list[str]:
+    rows = table.num_rows
+    problems = []
+    if rows < rules.min_rows:
+        problems.append(f"{rows} rows, fewer than MIN_ROWS={rules.min_rows}")
+    if previous is not None and previous.row_count and not rules.allow_row_change:
+        change = abs(rows - previous.row_count) / previous.row_count
+        if change > rules.max_row_change:
+            problems.append(
+                f"row count moved {change:.1%} ({previous.row_count} -> {rows}) against "
+                f"{previous.version}, more than MAX_ROW_CHANGE={rules.max_row_change:.0%}; "
+                "pass the row-change override if this is intended"
+            )
+    return problems
+
+
+def validate(table: pa.Table, rules: Rules, previous: Manifest | None) -> pa.Table:
+    """Run every check; return the table conformed to the contract.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        Listing every problem, with counts and example keys.
+    """
+    contract = rules.contract or (previous.columns if previous is not None else ())
+    table, problems = conform(table, contract)
+    if rules.key_column in table.column_names:
+        # Snapshots are sorted by key; sorting here also lets the key checks run in one pass.
+        table = sort_by_key(table, rules.key_column)
+    if rules.key_column not in table.column_names:
+        problems.append(f"key column {rules.key_column!r} is missing")
+    else:
+        checks: list[Callable[[], list[str]]] = [
+            lambda: _key_problems(table, rules.key_column),
+            lambda: check_key_format(table, rules),
+        ]
+        for check in checks:
+            problems.extend(check())
+    problems.extend(check_row_count(table, rules, previous))
+    if problems:
+        raise SnapshotInvalidError("build rejected", tuple(problems))
+    return table
+
+
+def _key_problems(table: pa.Table, key_column: str) -> list[str]:
+    try:
+        check_keys(table, key_column)
+    except SnapshotInvalidError as exc:
+        return list(exc.problems) or [str(exc)]
+    return []
+
+
+def diff(new: pa.Table, old: pa.Table | None, *, key_column: str, previous_version: str | None
+         ) -> Changes:  # fmt: skip
+    """Count keys added, removed, and present in both with any other value changed."""
+    if old is None:
+        return Changes(previous_version, new.num_rows, 0, 0)
+    new_keys, old_keys = new.column(key_column), old.column(key_column)
+    added = pc.filter(new_keys, pc.invert(pc.is_in(new_keys, value_set=old_keys)))
+    removed = pc.filter(old_keys, pc.invert(pc.is_in(old_keys, value_set=new_keys)))
+    shared = [n for n in new.column_names if n != key_column and n in old.column_names]
+    joined = new.select([key_column, *shared]).join(
+        old.select([key_column, *shared]), key_column, join_type="inner",
+        left_suffix="", right_suffix="__old",
+    )  # fmt: skip
+    changed_mask = pa.array(np.zeros(joined.num_rows, dtype=bool))
+    for name in shared:
+        left, right = joined.column(name), joined.column(f"{name}__old")
+        if pa.types.is_dictionary(left.type):
+            left = left.cast(left.type.value_type)
+        if pa.types.is_dictionary(right.type):
+            right = right.cast(right.type.value_type)
+        differs = pc.fill_null(pc.not_equal(left, right), True)
+        both_null = pc.and_(pc.is_null(left), pc.is_null(right))
+        changed_mask = pc.or_(changed_mask, pc.and_(differs, pc.invert(both_null)))
+    changed = pc.filter(joined.column(key_column), changed_mask)
+    return Changes(
+        previous_version,
+        len(added),
+        len(removed),
+        len(changed),
+        {
+            "added": added.slice(0, MAX_EXAMPLES).to_pylist(),
+            "removed": removed.slice(0, MAX_EXAMPLES).to_pylist(),
+            "changed": changed.slice(0, MAX_EXAMPLES).to_pylist(),
+        },
+    )
