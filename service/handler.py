@@ -81,19 +81,26 @@ def build_service(settings: Settings, *, s3_client: Any = None) -> Service:
     return Service(settings, cache)
 
 
-def _json_response(status: int, body: dict[str, Any]) -> Response:
-    return Response(status_code=status, content_type=JSON, body=_dumps(body))
+def _json_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    return Response(status_code=status, content_type=JSON, body=_dumps(body), headers=headers)
 
 
 def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
-def _route_error(method: str, path: str) -> AppError:
-    methods = {m for pattern, m in _ROUTES if pattern.match(path)}
-    if methods and method not in methods:
-        return MethodNotAllowedError(f"{method} is not allowed on {path}; use {sorted(methods)[0]}")
-    return RouteNotFoundError(f"no route for {method} {path}")
+def _route_error(method: str, path: str) -> tuple[AppError, dict[str, str] | None]:
+    """404 for an unknown path, 405 (with ``Allow``) for a known path and another method.
+
+    The path is not echoed back: it may hold a customer key.
+    """
+    allowed = sorted({m for pattern, m in _ROUTES if pattern.match(path)})
+    if allowed and method not in allowed:
+        error = MethodNotAllowedError(f"{method} is not allowed on this route; use {allowed[0]}")
+        return error, {"Allow": ", ".join(allowed)}
+    return RouteNotFoundError(f"no route for {method} on this path"), None
 
 
 def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
@@ -126,7 +133,8 @@ def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
     @app.not_found
     def not_found(_exc: NotFoundError) -> Response:
         event = app.current_event
-        return _json_response(*to_response(_route_error(event.http_method, event.path)))
+        error, headers = _route_error(event.http_method, event.path)
+        return _json_response(*to_response(error), headers=headers)
 
     return app
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import math
-from datetime import UTC, date, datetime, time, timedelta
+import re
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pyarrow as pa
@@ -89,6 +90,13 @@ class KeyIndex:
     def __init__(self, table: pa.Table, key_column: str) -> None:
         if key_column not in table.column_names:
             raise SnapshotInvalidError(f"key column {key_column!r} is missing")
+        try:
+            self._build(table, key_column)
+        except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+            # Whatever a table holds, a bad one is a rejected snapshot, never a crash.
+            raise SnapshotInvalidError(f"cannot index the snapshot: {exc}") from exc
+
+    def _build(self, table: pa.Table, key_column: str) -> None:
         table = table.combine_chunks()
         self.table = table
         self.key_column = key_column
@@ -104,7 +112,7 @@ class KeyIndex:
     def position(self, key: str) -> int | None:
         """The row number of ``key``, or ``None`` if it is absent."""
         raw = key.encode()
-        # numpy would truncate a longer probe to the array's width and match a prefix.
+        # No stored key is longer than the array's width, so a longer probe cannot be present.
         if len(raw) > self._width or not raw:
             return None
         keys = self._keys
@@ -224,10 +232,23 @@ def _view(array: pa.Array) -> Sequence[Any]:
     return values[array.offset : array.offset + len(array)]
 
 
+def _zone(name: str) -> tzinfo:
+    """The tzinfo Arrow means by a timestamp's ``tz``: a fixed offset or an IANA name."""
+    if name in ("UTC", "Z", "+00:00", "-00:00"):
+        return UTC
+    if match := re.fullmatch(r"([+-])(\d\d):?(\d\d)", name):
+        sign = -1 if match[1] == "-" else 1
+        return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3])))
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise SnapshotInvalidError(f"unknown time zone {name!r}") from exc
+
+
 def _timestamp_getter(array: pa.Array) -> Callable[[int], str]:
     kind: pa.TimestampType = array.type
     ticks = _view(array.view(pa.int64()))
-    zone = None if kind.tz is None else (UTC if kind.tz in ("UTC", "+00:00") else ZoneInfo(kind.tz))
+    zone = None if kind.tz is None else _zone(kind.tz)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     per_unit = _MICROS_PER_UNIT[kind.unit]
 

@@ -1,0 +1,162 @@
+"""Unit-test parts: an in-memory snapshot source and a real SnapshotCache over it.
+
+After Hollow's ``InMemoryBlobStore``: the source keeps manifests and Parquet bytes in dicts and
+verifies them with the real ``decode_snapshot`` on every read, so a corrupted blob fails the way a
+corrupted S3 object would. It counts every call, which is how tests see what the cache did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pytest
+
+from loaders.errors import ObjectNotFoundError
+from loaders.manifest import Manifest, Pointer, new_version
+from loaders.snapshot import Snapshot, columns_of, decode_snapshot, encode_table
+from service.cache import SnapshotCache
+from tests.conftest import T0
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    import pyarrow as pa
+
+    from tests.conftest import FakeClock
+
+TTL_SECONDS = 300.0
+MAX_STALENESS_SECONDS = 3_600.0
+KEY_COLUMN = "customer_id"
+
+
+class InMemorySource:
+    """A ``SnapshotSource`` over dicts: publish tables, move the pointer, inject failures.
+
+    Attributes
+    ----------
+    pointer_reads : list of str or None
+        The ``if_none_match`` of every ``read_pointer`` call, in order.
+    reads : list of str
+        The version of every ``read`` call, in order.
+    pointer_error, read_error : Exception or None
+        Raised by the next calls of ``read_pointer`` / ``read`` while set.
+    """
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, tuple[Manifest, bytes]] = {}
+        self.pointer: Pointer | None = None
+        self.pointer_reads: list[str | None] = []
+        self.reads: list[str] = []
+        self.pointer_error: Exception | None = None
+        self.read_error: Exception | None = None
+        self._writes = 0
+
+    def read_pointer(self, *, if_none_match: str | None = None) -> Pointer | None:
+        self.pointer_reads.append(if_none_match)
+        if self.pointer_error is not None:
+            raise self.pointer_error
+        if self.pointer is None:
+            raise ObjectNotFoundError("memory://CURRENT does not exist")
+        return None if self.pointer.etag == if_none_match else self.pointer
+
+    def read(self, version: str) -> Snapshot:
+        self.reads.append(version)
+        if self.read_error is not None:
+            raise self.read_error
+        if version not in self.blobs:
+            raise ObjectNotFoundError(f"memory://snapshots/{version} does not exist")
+        manifest, body = self.blobs[version]
+        return decode_snapshot(manifest, body)
+
+    def put(
+        self,
+        table: pa.Table,
+        *,
+        key_column: str = KEY_COLUMN,
+        created_at: datetime = T0,
+    ) -> str:
+        """Store ``table`` as a new version (not announced) and return the version."""
+        self._writes += 1
+        version = new_version(created_at, f"{self._writes:08x}")
+        body = encode_table(table, key_column)
+        self.blobs[version] = (
+            Manifest(
+                version=version,
+                created_at=created_at,
+                key_column=key_column,
+                row_count=table.num_rows,
+                columns=columns_of(table.schema),
+                sha256=hashlib.sha256(body).hexdigest(),
+                bytes=len(body),
+            ),
+            body,
+        )
+        return version
+
+    def announce(self, version: str) -> Pointer:
+        """Point ``CURRENT`` at ``version`` with a fresh ETag (as every S3 write gets)."""
+        self._writes += 1
+        self.pointer = Pointer(version, f'"etag-{self._writes}"')
+        return self.pointer
+
+    def publish(
+        self,
+        table: pa.Table,
+        *,
+        key_column: str = KEY_COLUMN,
+        created_at: datetime = T0,
+    ) -> str:
+        """Store ``table`` and announce it; returns the new version."""
+        version = self.put(table, key_column=key_column, created_at=created_at)
+        self.announce(version)
+        return version
+
+    def replace_data(self, version: str, body: bytes) -> None:
+        """Store ``body`` as the data of ``version``, with a manifest matching its size and hash."""
+        manifest, _ = self.blobs[version]
+        digest = hashlib.sha256(body).hexdigest()
+        self.blobs[version] = (replace(manifest, sha256=digest, bytes=len(body)), body)
+
+    def corrupt(self, version: str) -> None:
+        """Flip one byte in the middle of a stored snapshot, keeping its size."""
+        manifest, body = self.blobs[version]
+        middle = len(body) // 2
+        flipped = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
+        self.blobs[version] = (manifest, flipped)
+
+
+@pytest.fixture
+def source() -> InMemorySource:
+    """An empty source: nothing announced yet."""
+    return InMemorySource()
+
+
+@pytest.fixture
+def cache_log() -> logging.Logger:
+    """The logger handed to the cache; it propagates to the root, where caplog listens."""
+    return logging.getLogger("tests.unit.cache")
+
+
+@pytest.fixture
+def cache(
+    source: InMemorySource, clock: FakeClock, wall_clock: FakeClock, cache_log: logging.Logger
+) -> SnapshotCache:
+    """A real SnapshotCache over ``source``, driven by fake clocks."""
+    return SnapshotCache(
+        source,
+        key_column=KEY_COLUMN,
+        ttl_seconds=TTL_SECONDS,
+        max_staleness_seconds=MAX_STALENESS_SECONDS,
+        clock=clock,
+        wall_clock=wall_clock,
+        logger=cache_log,
+    )
+
+
+@pytest.fixture
+def published(source: InMemorySource, small_table: pa.Table) -> str:
+    """``small_table`` published and announced in ``source``; yields its version."""
+    return source.publish(small_table)
