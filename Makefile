@@ -1,17 +1,21 @@
 # The two commands README.md documents: `make run` and `make test`.
-PYTHON ?= python3
+# Tests run on the Python that template.yaml's Runtime names (python3.13).
+PYTHON_VERSION := 3.13
+PYTHON ?= $(shell sh scripts/find_python.sh $(PYTHON_VERSION))
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-$(PYTHON_VERSION)
 DATA := $(CURDIR)/.data
 ROOT := $(DATA)/snapshots
 SOURCE := $(DATA)/source/customers.parquet
 ROWS ?= 1000000
 PORT ?= 3000
 
-.PHONY: install run test lint sample clean
+.PHONY: install run test lint sample clean package bench build-LookupFunction build-BuilderFunction
 
 $(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python $(PYTHON_VERSION) is required" >&2; exit 1; }
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -41,3 +45,12 @@ test: lint
 
 clean:
 	rm -rf $(DATA) .pytest_cache
+
+# `sam build` runs these (BuildMethod: makefile) with ARTIFACTS_DIR set; both functions share
+# one package. `make package` builds it locally and reports its size against the 250 MB limit.
+build-LookupFunction build-BuilderFunction:
+	$(PYTHON) scripts/package.py --out "$(ARTIFACTS_DIR)" --python-version $(PYTHON_VERSION)
+
+package: $(STAMP)
+	rm -rf build/lambda
+	$(PY) scripts/package.py --out build/lambda --check --python-version $(PYTHON_VERSION)
