@@ -85,11 +85,20 @@ def publish_table(
     return Published(manifest, *announce_latest(store, version))
 
 
+def _moment(version: str) -> str:
+    """The time part of a version. Two versions of the same second are equals: the random
+    suffix says nothing about order, so the later announcement wins."""
+    return version.partition("-")[0]
+
+
 def announce_latest(store: ObjectStore, version: str) -> tuple[bool, str]:
-    """Move ``CURRENT`` to ``version`` unless a newer version holds it; never move it back."""
+    """Move ``CURRENT`` to ``version`` unless a newer version holds it; never move it back.
+
+    Returns whether it moved, and the version ``CURRENT`` names afterwards.
+    """
     for _ in range(MAX_ANNOUNCE_ATTEMPTS):
         previous: Pointer | None = try_read_pointer(store)
-        if previous is not None and previous.version >= version:
+        if previous is not None and _moment(previous.version) > _moment(version):
             logger.warning("not announcing %s: %s is newer", version, previous.version)
             return False, previous.version
         try:

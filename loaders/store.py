@@ -250,6 +250,8 @@ class S3Store:
                 )
         except ClientError as exc:
             raise StoreError(f"cannot list {self.uri}/{prefix}: {_error_code(exc)}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot list {self.uri}/{prefix}: {type(exc).__name__}") from exc
         return sorted(names)
 
 

@@ -1,0 +1,348 @@
+"""Real HTTP requests -> LocalServer -> the lookup handler -> a snapshot on disk or on moto.
+
+Every answer-shaped test runs twice: against a ``file://`` root and against the moto server,
+whose endpoint the product picks up from ``AWS_ENDPOINT_URL_S3`` on its own.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from loaders.store import FileStore, S3Store
+from service.handler import LookupFunction, build_service
+from service.local_server import LocalServer
+from service.settings import Settings
+from tests.conftest import BUCKET, PREFIX, customers, publish
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+# 100 rows: low-cardinality columns (segment, region, tier) are stored dictionary-encoded.
+IDS = [f"C{i:09d}" for i in range(1, 101)]
+HIT = "C000000002"
+HIT_ITEM = {
+    "customer_id": "C000000002",
+    "account_id": "A0000000001",
+    "segment": "smb",
+    "region": "eu-west-1",
+    "tier": "premium",
+    "updated_at": "2024-01-02T09:30:00+00:00",
+}
+MISS = "C999999999"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str | None
+    body: Any
+
+
+def call(server: LocalServer, method: str, path: str, body: bytes | None = None) -> Answer:
+    """One request on a fresh connection; the body is parsed as JSON."""
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        data = response.read()
+        return Answer(response.status, response.getheader("Content-Type"), json.loads(data))
+    finally:
+        connection.close()
+
+
+def batch(keys: list[str]) -> bytes:
+    return json.dumps({"customer_ids": keys}).encode()
+
+
+@contextmanager
+def serving(server: LocalServer) -> Iterator[LocalServer]:
+    # http.server binds in its constructor, so requests queue until the loop starts: no waiting.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _root(request: pytest.FixtureRequest, tmp_path: Path, *, published: bool) -> str:
+    """A snapshot root URI on disk or on the moto server, with or without a snapshot."""
+    if request.param == "file":
+        store: FileStore | S3Store = FileStore(tmp_path / "snapshots")
+    else:
+        store = S3Store(request.getfixturevalue("server_s3"), BUCKET, PREFIX)
+    if published:
+        publish(store, customers(IDS))
+    return store.uri
+
+
+@pytest.fixture(params=["file", "s3"])
+def root_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return _root(request, tmp_path, published=True)
+
+
+@pytest.fixture(params=["file", "s3"])
+def empty_root_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return _root(request, tmp_path, published=False)
+
+
+def _function(uri: str) -> LookupFunction:
+    return LookupFunction(build_service(Settings(snapshot_uri=uri)))
+
+
+@pytest.fixture
+def server(root_uri: str) -> Iterator[LocalServer]:
+    with serving(LocalServer(_function(root_uri), port=0)) as running:
+        yield running
+
+
+@pytest.fixture
+def empty_server(empty_root_uri: str) -> Iterator[LocalServer]:
+    with serving(LocalServer(_function(empty_root_uri), port=0)) as running:
+        yield running
+
+
+# --- lookups --------------------------------------------------------------------------------
+
+
+def test_get_known_customer_answers_200_with_item(server: LocalServer) -> None:
+    answer = call(server, "GET", f"/customers/{HIT}")
+
+    assert answer.status == 200
+    assert answer.body["item"] == HIT_ITEM
+
+
+def test_get_known_customer_answers_with_snapshot_block(server: LocalServer) -> None:
+    snapshot = call(server, "GET", f"/customers/{HIT}").body["snapshot"]
+
+    assert set(snapshot) == {"version", "created_at", "age_seconds", "stale"}
+    assert snapshot["version"].startswith("20261123T120000Z-")
+    assert snapshot["created_at"] == "2026-11-23T12:00:00Z"
+    assert isinstance(snapshot["age_seconds"], int)
+    assert isinstance(snapshot["stale"], bool)
+
+
+def test_get_unknown_customer_answers_404_json(server: LocalServer) -> None:
+    answer = call(server, "GET", f"/customers/{MISS}")
+
+    assert answer.status == 404
+    assert answer.body["error"]["code"] == "not_found"
+    assert answer.body["snapshot"]["version"].startswith("20261123T120000Z-")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/customers/bad%20key", "/customers/bad%2Fkey", "/customers/%C3%A9", f"/customers/{'A' * 65}"],
+    ids=["space", "encoded slash", "non-ascii", "too long"],
+)
+def test_get_malformed_key_answers_400_json(server: LocalServer, path: str) -> None:
+    answer = call(server, "GET", path)
+
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "bad_request"
+    assert "customer_id" in answer.body["error"]["message"]
+
+
+def test_batch_answers_items_in_request_order_and_missing(server: LocalServer) -> None:
+    answer = call(
+        server, "POST", "/customers/batch", batch(["C000000003", MISS, "C000000001", HIT])
+    )
+
+    assert answer.status == 200
+    assert [item["customer_id"] for item in answer.body["items"]] == [
+        "C000000003",
+        "C000000001",
+        HIT,
+    ]
+    assert answer.body["items"][2] == HIT_ITEM
+    assert answer.body["missing"] == [MISS]
+
+
+def test_batch_answers_with_snapshot_block(server: LocalServer) -> None:
+    answer = call(server, "POST", "/customers/batch", batch([HIT]))
+
+    assert answer.body["snapshot"]["created_at"] == "2026-11-23T12:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b'{"customer_ids": [', b"", b"\xff\xfe\x00binary"],
+    ids=["text", "truncated", "empty", "binary"],
+)
+def test_batch_with_unparseable_body_answers_400(server: LocalServer, body: bytes) -> None:
+    answer = call(server, "POST", "/customers/batch", body)
+
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "bad_request"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [[HIT], {"ids": [HIT]}, {"customer_ids": HIT}, {"customer_ids": []}, {"customer_ids": [1]}],
+    ids=["list", "wrong field", "string", "empty", "number"],
+)
+def test_batch_with_wrong_shape_answers_400(server: LocalServer, payload: object) -> None:
+    answer = call(server, "POST", "/customers/batch", json.dumps(payload).encode())
+
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "bad_request"
+
+
+def test_batch_with_too_many_keys_answers_400(server: LocalServer) -> None:
+    answer = call(server, "POST", "/customers/batch", batch([*IDS, "C000000101"]))
+
+    assert answer.status == 400
+    assert "101 keys; the most is 100" in answer.body["error"]["message"]
+
+
+def test_batch_with_the_most_keys_answers_200(server: LocalServer) -> None:
+    answer = call(server, "POST", "/customers/batch", batch(IDS))
+
+    assert answer.status == 200
+    assert len(answer.body["items"]) == 100
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+def test_delete_answers_405_json(server: LocalServer) -> None:
+    answer = call(server, "DELETE", f"/customers/{HIT}")
+
+    assert answer.status == 405
+    assert answer.body["error"]["code"] == "method_not_allowed"
+
+
+def test_get_on_batch_route_answers_as_a_key_lookup(server: LocalServer) -> None:
+    # "batch" is also a well-formed key, so GET /customers/batch is a (missing) customer.
+    answer = call(server, "GET", "/customers/batch")
+
+    assert answer.status == 404
+    assert answer.body["error"]["code"] == "not_found"
+
+
+def test_unknown_path_answers_404_json(server: LocalServer) -> None:
+    answer = call(server, "GET", "/nope")
+
+    assert answer.status == 404
+    assert answer.body["error"]["code"] == "route_not_found"
+
+
+def test_health_answers_200_with_snapshot(server: LocalServer) -> None:
+    answer = call(server, "GET", "/health")
+
+    assert answer.status == 200
+    assert answer.body["status"] == "ok"
+    assert answer.body["snapshot"]["version"].startswith("20261123T120000Z-")
+
+
+def test_health_without_snapshot_answers_503_json(empty_server: LocalServer) -> None:
+    answer = call(empty_server, "GET", "/health")
+
+    assert answer.status == 503
+    assert answer.content_type == "application/json"
+    assert answer.body["error"]["code"] == "snapshot_unavailable"
+
+
+def test_lookup_without_snapshot_answers_503_json(empty_server: LocalServer) -> None:
+    answer = call(empty_server, "GET", f"/customers/{HIT}")
+
+    assert answer.status == 503
+    assert answer.body["error"]["code"] == "snapshot_unavailable"
+
+
+REQUESTS = {
+    "hit": ("GET", f"/customers/{HIT}", None),
+    "miss": ("GET", f"/customers/{MISS}", None),
+    "bad key": ("GET", "/customers/bad%20key", None),
+    "batch": ("POST", "/customers/batch", batch([HIT, MISS])),
+    "bad body": ("POST", "/customers/batch", b"not json"),
+    "delete": ("DELETE", f"/customers/{HIT}", None),
+    "no route": ("GET", "/nope", None),
+    "health": ("GET", "/health", None),
+}
+
+
+@pytest.mark.parametrize(("method", "path", "body"), REQUESTS.values(), ids=REQUESTS.keys())
+def test_every_answer_is_application_json(
+    server: LocalServer, method: str, path: str, body: bytes | None
+) -> None:
+    assert call(server, method, path, body).content_type == "application/json"
+
+
+def test_one_answer_carries_nothing_of_the_previous_request(server: LocalServer) -> None:
+    call(server, "POST", "/customers/batch", batch([HIT]))
+
+    answer = call(server, "GET", f"/customers/{MISS}")
+
+    assert HIT not in json.dumps(answer.body)
+    assert "item" not in answer.body
+
+
+# --- the socket -----------------------------------------------------------------------------
+
+
+def test_server_binds_loopback_only(server: LocalServer) -> None:
+    assert server.server_address[0] == "127.0.0.1"
+    assert server.url == f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_two_requests_share_one_keep_alive_connection(server: LocalServer) -> None:
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+    try:
+        statuses = []
+        for path in (f"/customers/{HIT}", "/health"):
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+    finally:
+        connection.close()
+
+    assert statuses == [200, 200]
+
+
+def test_head_answer_has_no_body(server: LocalServer) -> None:
+    # A HEAD response carries headers only (RFC 9110 9.3.2); body bytes written after it are
+    # read by a keep-alive client as the start of its next response.
+    with socket.create_connection(server.server_address[:2], timeout=30) as raw:
+        raw.sendall(b"HEAD /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        received = b"".join(iter(lambda: raw.recv(65536), b""))
+
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 ")
+    assert body == b""
+
+
+class _NoDelayProbe(LocalServer):
+    """Notes TCP_NODELAY on each accepted socket just before the server closes it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.nodelay: list[int] = []
+        self.closed = threading.Event()
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        self.nodelay.append(request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        self.closed.set()
+        super().shutdown_request(request)
+
+
+def test_accepted_sockets_have_tcp_nodelay(root_uri: str) -> None:
+    with serving(_NoDelayProbe(_function(root_uri), port=0)) as server:
+        call(server, "GET", "/health")
+        assert server.closed.wait(timeout=30)
+
+    assert [bool(flag) for flag in server.nodelay] == [True]
