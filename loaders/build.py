@@ -148,10 +148,14 @@ def make_engine(settings: BuildSettings, *, sleep: Callable[[float], None] = tim
     if settings.engine == "duckdb":
         return DuckDBEngine(dict(settings.tables))
     import boto3
+    from botocore.config import Config
 
+    # Standard mode retries throttling (Athena's TooManyRequestsException) with jittered backoff;
+    # total_max_attempts counts the first try too.
+    retries = Config(retries={"mode": "standard", "total_max_attempts": 6})
     return AthenaEngine(
-        boto3.client("athena"),
-        boto3.client("s3"),
+        boto3.client("athena", config=retries),
+        boto3.client("s3", config=retries),
         workgroup=settings.workgroup,
         database=settings.database,
         staging_uri=settings.staging_uri or "",

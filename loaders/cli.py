@@ -33,10 +33,10 @@ from loaders.settings import BuildConfigError, BuildSettings
 class TerminalProgress:
     """Progress lines with elapsed time; on a TTY, repeated query polls overwrite one line."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr  # looked up now, so redirections made later apply
         self.started = time.perf_counter()
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self._open_line = False
 
     def __call__(self, message: str) -> None:

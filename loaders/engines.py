@@ -20,7 +20,10 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlparse
+import sqlparse.sql
 from botocore.exceptions import BotoCoreError, ClientError
+from sqlparse import tokens as T
 
 from loaders.errors import QueryFailedError
 from loaders.store import parse_uri
@@ -45,32 +48,51 @@ class QueryEngine(Protocol):
     def run(self, sql: str, *, progress: Progress | None = None) -> pa.Table: ...
 
 
+def _statements(sql: str) -> list[sqlparse.sql.Statement]:
+    """The statements in ``sql`` that hold more than comments and semicolons."""
+    return [
+        statement
+        for statement in sqlparse.parse(sql)
+        if sqlparse.format(statement.value, strip_comments=True).strip(" \t\r\n;")
+    ]
+
+
 def check_select(sql: str) -> str:
-    """Return ``sql`` without a trailing ``;`` if it is one SELECT (or WITH ... SELECT).
+    """Return ``sql`` without comments and a trailing ``;`` if it is one SELECT (or WITH ...).
+
+    Parsed with sqlparse, so ``;`` and ``--`` inside string literals are just text.
 
     Raises
     ------
     QueryFailedError
         If it is empty, holds several statements, or is not a SELECT.
     """
-    text = _strip_comments(sql).strip().rstrip(";").strip()
-    if not text:
+    statements = _statements(sql)
+    if not statements:
         raise QueryFailedError("the query is empty")
-    if ";" in text:
-        raise QueryFailedError("the query must be a single SELECT statement (found ';')")
-    first = text.split(None, 1)[0].lower()
-    if first not in ("select", "with"):
-        raise QueryFailedError(f"the query must be a SELECT, not {first.upper()}")
-    return text
-
-
-def _strip_comments(sql: str) -> str:
-    return re.sub(r"--[^\n]*", "", sql)
+    if len(statements) > 1:
+        raise QueryFailedError(
+            f"the query must be a single SELECT statement, found {len(statements)}"
+        )
+    statement = statements[0]
+    if statement.get_type() != "SELECT":
+        first = statement.token_first(skip_cm=True)
+        word = first.value.upper() if first is not None else "?"
+        raise QueryFailedError(f"the query must be a SELECT, not {word}")
+    return sqlparse.format(statement.value, strip_comments=True).strip().rstrip(";").strip()
 
 
 def athena_only_features(sql: str) -> list[str]:
-    """Athena-only words in ``sql``, each with a hint for the common subset."""
-    words = set(re.findall(r"[a-z_0-9]+", _strip_comments(sql).lower()))
+    """Athena-only words in ``sql`` (outside literals and comments), each with a hint."""
+    words = {
+        token.value.lower()
+        for statement in sqlparse.parse(sql)
+        for token in statement.flatten()
+        if token.ttype is not None
+        and token.ttype not in T.Literal.String
+        and token.ttype not in T.Comment
+        and not token.is_whitespace
+    }
     return [f"{word}: {hint}" for word, hint in _ATHENA_ONLY.items() if word in words]
 
 
