@@ -155,6 +155,7 @@ class FileStore:
     def _temp_file(directory: Path, body: bytes) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-")
         tmp = Path(name)
+        tmp.chmod(0o644)  # mkstemp makes 0600; snapshots are read by other local users too
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(body)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import secrets
 import socket
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -47,8 +47,8 @@ class LocalContext:
 def to_event(method: str, target: str, headers: dict[str, str], body: bytes, peer: str) -> dict:
     """Build an API Gateway HTTP API (payload format 2.0) event for one request."""
     parts = urlsplit(target)
-    now = datetime.now(UTC)
-    request_id = str(uuid.uuid4())
+    now = time.time()
+    request_id = secrets.token_urlsafe(10)  # API Gateway's ids look like "YVZ6oj1ToAMEJ8w="
     lowered = {k.lower(): v for k, v in headers.items()}
     text: str | None = None
     is_base64 = False
@@ -78,8 +78,8 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes, pee
             "requestId": request_id,
             "routeKey": "$default",
             "stage": "$default",
-            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-            "timeEpoch": int(now.timestamp() * 1000),
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "timeEpoch": int(now * 1000),
         },
         "body": text,
         "isBase64Encoded": is_base64,
@@ -88,6 +88,9 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes, pee
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as API Gateway clients use
+    # Buffer each response so headers and body leave in one send (flushed per request by
+    # handle_one_request): one packet instead of two, half the syscalls.
+    wbufsize = 1 << 16
     server: LocalServer
 
     def setup(self) -> None:
