@@ -55,3 +55,7 @@ build-LookupFunction build-BuilderFunction:
 package: $(STAMP)
 	rm -rf build/lambda
 	$(PY) scripts/package.py --out build/lambda --check --python-version $(PYTHON_VERSION)
+
+# The benchmark: ours beside its peers, 100k and 1M rows; writes bench/results.* and plots.
+bench: $(STAMP)
+	$(PY) scripts/bench.py --out bench

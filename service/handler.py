@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import pyarrow as pa
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import (
     APIGatewayHttpResolver,
@@ -44,6 +45,11 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
     from aws_lambda_powertools.event_handler.exceptions import NotFoundError
     from aws_lambda_powertools.utilities.typing import LambdaContext
+
+# The snapshot lives long in a small process. With glibc malloc, Arrow hands decode buffers
+# back and the loaded snapshot costs about 1.05x its nbytes in RSS; the default mimalloc kept
+# them (about 1.5x), and loads were no faster (scripts/bench.py, 1M rows).
+pa.set_memory_pool(pa.system_memory_pool())
 
 logger = Logger(service="customer-lookup")
 copy_config_to_registered_loggers(source_logger=logger, include={"service", "loaders"})
