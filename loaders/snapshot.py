@@ -126,6 +126,28 @@ def encode_table(table: pa.Table, key_column: str) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def describe(
+    table: pa.Table,
+    body: bytes,
+    *,
+    version: str,
+    key_column: str,
+    created_at: datetime,
+    source: dict[str, Any] | None = None,
+) -> Manifest:
+    """The manifest of ``table`` encoded as ``body``."""
+    return Manifest(
+        version=version,
+        created_at=created_at,
+        key_column=key_column,
+        row_count=table.num_rows,
+        columns=columns_of(table.schema),
+        sha256=hashlib.sha256(body).hexdigest(),
+        bytes=len(body),
+        source=dict(source or {}),
+    )
+
+
 def write_snapshot(
     store: ObjectStore,
     table: pa.Table,
@@ -143,15 +165,8 @@ def write_snapshot(
     """
     check_keys(table, key_column)
     body = encode_table(table, key_column)
-    manifest = Manifest(
-        version=version,
-        created_at=created_at,
-        key_column=key_column,
-        row_count=table.num_rows,
-        columns=columns_of(table.schema),
-        sha256=hashlib.sha256(body).hexdigest(),
-        bytes=len(body),
-        source=dict(source or {}),
+    manifest = describe(
+        table, body, version=version, key_column=key_column, created_at=created_at, source=source
     )
     store.put(snapshot_key(version, DATA_NAME), body, if_none_match="*")
     for name, extra in (extra_files or {}).items():

@@ -508,12 +508,12 @@ def run_size(size: int, args: argparse.Namespace, endpoint: str, bar: tqdm) -> d
             bench_http(root.as_uri(), probes, 2.0 if args.quick else 8.0, args.clients)
         )
         bar.update()
-        for peer in PEERS:
+        for peer in args.peers:
             bar.set_description(f"{size:,} rows: {peer}")
             results[peer] = _in_child(bench_peer, peer, parquet_path, probes)
             bar.update()
     ours = results["ours"]
-    for peer in PEERS:
+    for peer in args.peers:
         results[peer]["ours_speedup"] = round(
             results[peer]["lookup_p50_us"] / ours["lookup_p50_us"], 1
         )
@@ -618,11 +618,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10k rows, fewer probes, short HTTP")
     parser.add_argument("--clients", type=int, default=2, help="HTTP client processes")
     parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument(
+        "--peers", default=",".join(PEERS), help="comma-separated subset of " + ", ".join(PEERS)
+    )
     args = parser.parse_args(argv)
+    args.peers = [p for p in args.peers.split(",") if p]
+    if unknown := set(args.peers) - set(PEERS):
+        parser.error(f"unknown peers: {sorted(unknown)}")
     sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict[str, Any] = {}
-    with MotoServer() as endpoint, tqdm(total=len(sizes) * (3 + len(PEERS)), unit="step") as bar:
+    steps = len(sizes) * (3 + len(args.peers))
+    with MotoServer() as endpoint, tqdm(total=steps, unit="step") as bar:
         for size in sizes:
             results[str(size)] = run_size(size, args, endpoint, bar)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import pytest
 
 from loaders.errors import ObjectNotFoundError
 from loaders.manifest import Manifest, Pointer, new_version
-from loaders.snapshot import Snapshot, columns_of, decode_snapshot, encode_table
+from loaders.snapshot import Snapshot, decode_snapshot, describe, encode_table
 from service.cache import SnapshotCache
 from tests.conftest import T0
 
@@ -82,18 +82,10 @@ class InMemorySource:
         self._writes += 1
         version = new_version(created_at, f"{self._writes:08x}")
         body = encode_table(table, key_column)
-        self.blobs[version] = (
-            Manifest(
-                version=version,
-                created_at=created_at,
-                key_column=key_column,
-                row_count=table.num_rows,
-                columns=columns_of(table.schema),
-                sha256=hashlib.sha256(body).hexdigest(),
-                bytes=len(body),
-            ),
-            body,
+        manifest = describe(
+            table, body, version=version, key_column=key_column, created_at=created_at
         )
+        self.blobs[version] = (manifest, body)
         return version
 
     def announce(self, version: str) -> Pointer:
