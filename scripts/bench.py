@@ -551,7 +551,7 @@ def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
             f"## {int(size):,} customers",
             "",
             "| system | build/load s | RSS Δ MB | lookup p50 µs | lookup p99 µs | batch of 100 µs "
-            "| ours faster by |",
+            "| peer p50 / ours p50 |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for name, fig in systems.items():
