@@ -39,7 +39,7 @@ from service.errors import (
     internal_error_body,
     to_response,
 )
-from service.settings import Settings
+from service.settings import Settings, in_lambda
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
@@ -206,3 +206,20 @@ def default_function() -> LookupFunction:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point: ``service.handler.handler``."""
     return default_function()(event, context)
+
+
+def start_in_lambda() -> LookupFunction | None:
+    """In a Lambda environment, build the function and load the snapshot during init.
+
+    A bad setting then fails start-up with a ConfigError naming the variable, and the first
+    download runs in the init phase (which has full CPU) instead of in the first request. A
+    failed load is logged and retried on the next request, which answers 503 meanwhile.
+    """
+    if not in_lambda():
+        return None
+    function = default_function()
+    function.service.cache.refresh()
+    return function
+
+
+start_in_lambda()

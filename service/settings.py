@@ -78,6 +78,12 @@ class Settings:
         )
 
 
+def in_lambda(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is a Lambda execution environment (set by the runtime)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("AWS_LAMBDA_FUNCTION_NAME"))
+
+
 def _number(
     env: Mapping[str, str], name: str, default: float, minimum: float, *, integer: bool = False
 ) -> float:

@@ -20,7 +20,7 @@ from service import routes
 from service.cache import SnapshotCache
 from service.handler import LookupFunction, Service, event_kind
 from service.local_server import LocalContext
-from service.settings import Settings
+from service.settings import ConfigError, Settings
 from tests.conftest import customers, load_event, publish
 from tests.unit.conftest import KEY_COLUMN, MAX_STALENESS_SECONDS, TTL_SECONDS, InMemorySource
 
@@ -715,3 +715,36 @@ def test_module_state_holds_nothing_of_the_first_invocation(
 
     traces = first_invocation_traces(two_invocations["first"])
     assert [t for t in traces if any(t in s for s in state)] == []
+
+
+# --- Lambda init ------------------------------------------------------------------------------
+
+
+def test_outside_lambda_nothing_is_built_at_import(
+    real_handler: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+
+    assert service.handler.start_in_lambda() is None
+    assert service.handler.default_function.cache_info().currsize == 0
+
+
+def test_in_lambda_the_snapshot_is_loaded_during_init(
+    real_handler: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "customer-lookup")
+
+    function = service.handler.start_in_lambda()
+
+    assert function is not None
+    assert function.service.cache.version is not None
+
+
+def test_in_lambda_a_bad_setting_fails_init_naming_the_variable(
+    real_handler: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "customer-lookup")
+    monkeypatch.setenv("MAX_BATCH_KEYS", "lots")
+
+    with pytest.raises(ConfigError, match="MAX_BATCH_KEYS"):
+        service.handler.start_in_lambda()

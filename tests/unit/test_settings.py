@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.settings import ConfigError, Settings
+from service.settings import ConfigError, Settings, in_lambda
 
 URI = "s3://snapshots-test/customer-mapping"
 
@@ -118,3 +118,8 @@ def test_without_an_argument_os_environ_is_read(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.delenv(name, raising=False)
 
     assert Settings.from_env() == Settings("s3://from-environ", max_batch_keys=7)
+
+
+def test_in_lambda_follows_the_runtime_variable() -> None:
+    assert in_lambda({"AWS_LAMBDA_FUNCTION_NAME": "customer-lookup"})
+    assert not in_lambda({})
