@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loaders.engines import AthenaEngine, DuckDBEngine, QueryEngine
-from loaders.errors import LoaderError, ObjectNotFoundError
+from loaders.errors import LoaderError
 from loaders.manifest import CHANGES_NAME, Manifest, read_manifest, try_read_pointer
 from loaders.publish import publish_table
 from loaders.settings import BuildSettings
@@ -66,7 +66,7 @@ def _previous(store: ObjectStore, progress: Progress) -> tuple[Manifest | None, 
         logger.warning("previous snapshot %s unreadable: %s", pointer.version, exc)
         try:
             return read_manifest(store, pointer.version), None
-        except (LoaderError, ObjectNotFoundError):
+        except LoaderError:
             return None, None
     return snapshot.manifest, snapshot.table
 

@@ -2,7 +2,8 @@
 
 Pure: no boto3, no ``os``, no clock. Keys are kept as one fixed-width numpy byte array, sorted,
 so a lookup is a binary search; row values are read straight out of the Arrow buffers through
-zero-copy ``memoryview``s, so the index adds little memory beyond the table itself.
+zero-copy views, so the index adds little memory beyond the table itself. Each column gets a
+reader for one row (single lookups) and one for many rows at once (batches).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import base64
 import itertools
 import math
 import re
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -21,9 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loaders.errors import SnapshotInvalidError
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
 
 _EPOCH_DATE = date(1970, 1, 1)
 _MICROS_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}
@@ -168,9 +167,9 @@ class KeyIndex:
         return rows, missing
 
 
-Getter = "Callable[[int], Any]"
-Gather = "Callable[[np.ndarray], list[Any]]"
-Step = tuple[str | None, Getter, Gather]
+Getter = Callable[[int], Any]  # row number -> JSON-ready value
+Gather = Callable[[np.ndarray], list[Any]]  # row numbers -> JSON-ready values
+Step = tuple[str | None, Getter, Gather]  # name None: a group of columns, value is a dict
 # Runs of dictionary columns are read as one combined code while the number of value
 # combinations stays this small (segment x region x tier = 9 x 21 x 5 with nulls).
 MAX_COMBINATIONS = 4096
