@@ -25,6 +25,7 @@ from aws_lambda_powertools.event_handler import (
     APIGatewayRestResolver,
     Response,
 )
+from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from loaders.snapshot import SnapshotReader
@@ -121,6 +122,8 @@ def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
     def get_customers() -> Response:
         try:
             body = app.current_event.decoded_body
+        except UnicodeDecodeError:
+            raise BadRequestError("request body is not UTF-8 text") from None
         except ValueError:  # isBase64Encoded with a body that is not base64
             raise BadRequestError("request body is not valid base64") from None
         payload = routes.parse_json_body(body)
@@ -185,6 +188,11 @@ class LookupFunction:
                     "isBase64Encoded": False,
                 }
             return internal_error_body()
+        finally:
+            # Powertools keeps the event being resolved on the router class; drop it so no
+            # part of this request (path, body, headers) outlives the invocation.
+            BaseRouter.current_event = None
+            BaseRouter.lambda_context = None
 
     def _invoke(self, kind: str, event: Any) -> dict[str, Any]:
         cache = self.service.cache

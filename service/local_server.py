@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import secrets
 import socket
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -99,20 +101,34 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        if self.headers.get("Transfer-Encoding"):
+            # API Gateway needs a length too; without one the body can't be framed.
+            self._refuse(411, "length_required", "send the body with a Content-Length")
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._refuse(400, "bad_request", "Content-Length is not a non-negative integer")
+            return
         if length > MAX_BODY_BYTES:
-            self._write(
-                413,
-                {"Content-Type": "application/json"},
-                b'{"error":{"code":"payload_too_large","message":"body over 6 MB"}}',
-            )
+            self._refuse(413, "payload_too_large", "body over 6 MB")
             return
         body = self.rfile.read(length) if length else b""
         event = to_event(self.command, self.path, dict(self.headers), body, self.client_address[0])
-        result = self.server.handler(event, LocalContext())
+        # One request at a time through the handler, as in a Lambda environment: Powertools'
+        # resolvers keep the current event on the class, so threads must not interleave there.
+        with self.server.handler_lock:
+            result = self.server.handler(event, LocalContext())
         payload = result.get("body") or ""
         data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
         self._write(int(result.get("statusCode", 200)), result.get("headers") or {}, data)
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        self.close_connection = True  # the rest of the stream can't be trusted
+        self._write(status, {"Content-Type": "application/json"}, body)
 
     def _write(self, status: int, headers: dict[str, str], data: bytes) -> None:
         self.send_response(status)
@@ -137,6 +153,7 @@ class LocalServer(ThreadingHTTPServer):
 
     def __init__(self, handler: Callable[[dict[str, Any], Any], dict[str, Any]], port: int = 0):
         self.handler = handler
+        self.handler_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _RequestHandler)
 
     @property

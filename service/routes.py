@@ -59,6 +59,8 @@ def parse_json_body(body: str | bytes | None) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("request body is nested too deeply") from None
 
 
 def get_customer(cache: SnapshotCache, customer_id: object) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 
 import service.handler
 from loaders.store import FileStore
@@ -748,3 +749,32 @@ def test_in_lambda_a_bad_setting_fails_init_naming_the_variable(
 
     with pytest.raises(ConfigError, match="MAX_BATCH_KEYS"):
         service.handler.start_in_lambda()
+
+
+# --- nothing of a request outlives it -------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_no_http_event_stays_on_the_router_after_an_invocation(
+    invoke: Callable[[object], dict[str, Any]], api: str, published: str
+) -> None:
+    event = http_event(api, "GET", f"/customers/{HIT}")
+    event["headers"]["authorization"] = "Bearer SECRET-JWT"
+
+    invoke(event)
+
+    # Powertools keeps the event being resolved on the router class itself.
+    assert BaseRouter.current_event is None
+    assert BaseRouter.lambda_context is None
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_body_that_is_not_utf8_answers_400_saying_so(
+    invoke: Callable[[object], dict[str, Any]], api: str, published: str
+) -> None:
+    event = http_event(api, "POST", "/customers/batch", base64.b64encode(b'{"x": "\xff"}').decode())
+    event["isBase64Encoded"] = True
+
+    message = error(answer(invoke(event), 400), "bad_request")
+
+    assert "UTF-8" in message

@@ -121,6 +121,11 @@ def test_parse_json_body_rejects_a_body_that_is_not_json(body: str | bytes) -> N
         routes.parse_json_body(body)
 
 
+def test_parse_json_body_rejects_a_body_nested_too_deeply() -> None:
+    with pytest.raises(BadRequestError, match="nested too deeply"):
+        routes.parse_json_body("[" * 100_000)
+
+
 @pytest.mark.parametrize("body", ['{"customer_ids": ["C1"]}', b'{"customer_ids": ["C1"]}'])
 def test_parse_json_body_parses_text_and_bytes(body: str | bytes) -> None:
     assert routes.parse_json_body(body) == {"customer_ids": ["C1"]}
