@@ -16,8 +16,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loaders.engines import AthenaEngine, DuckDBEngine, QueryEngine
-from loaders.errors import LoaderError
-from loaders.manifest import CHANGES_NAME, Manifest, read_manifest, try_read_pointer
+from loaders.errors import BuildRejectedError, LoaderError, SnapshotInvalidError
+from loaders.manifest import (
+    CHANGES_NAME,
+    Manifest,
+    new_version,
+    read_manifest,
+    try_read_pointer,
+)
 from loaders.publish import publish_table
 from loaders.settings import BuildSettings
 from loaders.snapshot import read_snapshot
@@ -186,6 +192,28 @@ def _structured_logging() -> None:
     )
 
 
+def without_examples(problem: str) -> str:
+    """A problem line with its example keys cut off, fit for logs (keys are customer data)."""
+    return problem.partition(", e.g. ")[0]
+
+
+def report_rejection(
+    exc: SnapshotInvalidError, store: ObjectStore, now: datetime
+) -> BuildRejectedError:
+    """Save the full rejection report (with example keys) to ``store`` and return an error
+    whose message has counts only, for logs and for Lambda's error output."""
+    problems = list(exc.problems) or [str(exc)]
+    key = f"rejections/{new_version(now)}.json"
+    body = json.dumps({"rejected_at": now.isoformat(), "problems": problems}, indent=2).encode()
+    try:
+        store.put(key, body, if_none_match="*")
+        where = f"{store.uri}/{key}"
+    except LoaderError as write_error:
+        where = f"not saved ({type(write_error).__name__})"
+    summary = "; ".join(without_examples(p) for p in problems)
+    return BuildRejectedError(f"build rejected: {summary}; full report: {where}")
+
+
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Lambda entry ``loaders.build.handler``: one scheduled build from the environment.
 
@@ -203,6 +231,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             rules_from(settings, allow_row_change=allow),
             source={"workgroup": settings.workgroup, "database": settings.database},
         )
+    except SnapshotInvalidError as exc:
+        # The report names example keys: it goes to the staging prefix, not to the logs.
+        staging = make_store(settings.staging_uri or settings.snapshot_uri)
+        rejected = report_rejection(exc, staging, datetime.now(UTC))
+        logger.error("%s; the pointer was not moved", rejected)
+        raise rejected from None
     except LoaderError:
         logger.exception("build failed; the pointer was not moved")
         raise

@@ -7,6 +7,7 @@
      │    ├── ObjectNotFoundError    the object is not there (S3 404, or 403 without ListBucket)
      │    └── PreconditionFailedError  a conditional write lost (412/409): someone else wrote first
      ├── SnapshotInvalidError        a snapshot, manifest, pointer or table breaks the contract
+     │    └── BuildRejectedError     the builder's summary of one: counts, no example keys
      └── QueryFailedError            the query engine failed, was cancelled or ran past its deadline
 
 Callers on the request path never see these unchanged: ``service.cache`` logs them and keeps serving
@@ -46,6 +47,10 @@ class SnapshotInvalidError(LoaderError):
     def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message if not problems else f"{message}: {'; '.join(problems)}")
         self.problems = problems
+
+
+class BuildRejectedError(SnapshotInvalidError):
+    """A build failed validation; the message carries counts only, the keys are in a report."""
 
 
 class QueryFailedError(LoaderError):

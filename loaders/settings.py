@@ -30,7 +30,7 @@ class BuildSettings:
 
     snapshot_uri: str
     sql: str
-    engine: str = "athena"
+    engine: str = "duckdb"  # the embedded default; the builder Lambda sets ENGINE=athena
     key_column: str = "customer_id"
     workgroup: str = "primary"
     database: str = "default"
@@ -61,7 +61,7 @@ class BuildSettings:
         values = {
             "snapshot_uri": given.pop("snapshot_uri", None) or env.get("SNAPSHOT_URI", ""),
             "sql": sql or "",
-            "engine": given.pop("engine", None) or env.get("ENGINE", "athena"),
+            "engine": given.pop("engine", None) or env.get("ENGINE", "duckdb"),
             "key_column": given.pop("key_column", None) or env.get("KEY_COLUMN", "customer_id"),
             "workgroup": given.pop("workgroup", None) or env.get("ATHENA_WORKGROUP", "primary"),
             "database": given.pop("database", None) or env.get("ATHENA_DATABASE", "default"),

@@ -62,6 +62,7 @@ class Changes:
     removed: int
     changed: int
     examples: dict[str, list[str]] = field(default_factory=dict)
+    retyped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +70,7 @@ class Changes:
             "added": self.added,
             "removed": self.removed,
             "changed": self.changed,
+            "type_changed": self.retyped,
             "examples": self.examples,
         }
 
@@ -164,6 +166,8 @@ def _parse_type(text: str) -> pa.DataType:
 
 def check_key_format(table: pa.Table, rules: Rules) -> list[str]:
     keys = table.column(rules.key_column).drop_null()
+    if not pa.types.is_string(value_type(keys.type)):
+        return []  # check_keys already reports a key column that is not strings
     bad = pc.invert(pc.match_substring_regex(keys, rules.key_format))
     if count := pc.sum(bad).as_py() or 0:
         return [f"{count} keys outside {rules.key_format}, e.g. {_examples(pc.filter(keys, bad))}"]
@@ -236,8 +240,15 @@ def diff(new: pa.Table, old: pa.Table | None, *, key_column: str, previous_versi
         left_suffix="", right_suffix="__old",
     )  # fmt: skip
     changed_mask = pa.array(np.zeros(joined.num_rows, dtype=bool))
+    retyped = []
     for name in shared:
         left, right = joined.column(name), joined.column(f"{name}__old")
+        if value_type(left.type) != value_type(right.type):
+            # A deliberate contract change: values of two types don't compare, so every row
+            # counts as changed and the report names the column.
+            retyped.append(name)
+            changed_mask = pa.array(np.ones(joined.num_rows, dtype=bool))
+            continue
         if pa.types.is_dictionary(left.type):
             left = left.cast(left.type.value_type)
         if pa.types.is_dictionary(right.type):
@@ -256,4 +267,5 @@ def diff(new: pa.Table, old: pa.Table | None, *, key_column: str, previous_versi
             "removed": removed.slice(0, MAX_EXAMPLES).to_pylist(),
             "changed": changed.slice(0, MAX_EXAMPLES).to_pylist(),
         },
+        retyped,
     )

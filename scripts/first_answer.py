@@ -2,8 +2,9 @@
 
     python scripts/first_answer.py [--fresh] [--port 3000] [--timeout 300]
 
-Starts `make run` in its own process group, polls GET /health until it answers 200, asks for one
-customer, reports the seconds elapsed and the server's RSS, then stops the server.
+Starts `make run` in its own process group, polls GET /health until it answers (the server
+loads its snapshot before it accepts requests), reports the seconds elapsed and the server's
+RSS, then stops the server. Nothing else may listen on the port.
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ PRUNE_GLOBS = (
     "numpy/_pyinstaller",
     "*/__pycache__/*.opt-*.pyc",
 )
+# botocore ships models for every AWS service (~28 MB); the functions call these only.
+BOTOCORE_SERVICES = {"s3", "athena", "sts"}
 
 
 def _size_mb(path: Path) -> float:
@@ -71,6 +73,10 @@ def build(out: Path, python_version: str) -> dict[str, float]:
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         )
     before = _size_mb(out)
+    models = out / "botocore" / "data"
+    for service in models.iterdir() if models.is_dir() else ():
+        if service.is_dir() and service.name not in BOTOCORE_SERVICES:
+            shutil.rmtree(service)
     for pattern in PRUNE_GLOBS:
         for path in out.glob(pattern):
             if path.is_dir():
@@ -85,6 +91,9 @@ def check_imports(out: Path) -> None:
     probe = (
         "import sys; sys.path[:0] = [sys.argv[1]];"
         "import io, pyarrow as pa, pyarrow.parquet as pq, service.handler, loaders.build;"
+        "import boto3; boto3.client('s3', region_name='us-east-1');"
+        "boto3.client('athena', region_name='us-east-1');"
+        "assert boto3.__file__.startswith(sys.argv[1]), boto3.__file__;"
         "buf = io.BytesIO(); pq.write_table(pa.table({'k': ['a']}), buf, compression='zstd');"
         "assert pq.read_table(pa.BufferReader(buf.getvalue())).num_rows == 1;"
         "assert pa.__file__.startswith(sys.argv[1]), pa.__file__"

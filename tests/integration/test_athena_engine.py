@@ -506,6 +506,7 @@ def test_builders_own_athena_client_retries_throttling(
     settings = BuildSettings(
         snapshot_uri=f"s3://{BUCKET}/snapshots",
         sql=SQL,
+        engine="athena",
         workgroup=WORKGROUP,
         database=DATABASE,
         staging_uri=STAGING_URI,

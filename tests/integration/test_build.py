@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from loaders.build import BuildResult, build
+from loaders.build import BuildResult, build, report_rejection
 from loaders.engines import DuckDBEngine
 from loaders.errors import QueryFailedError, SnapshotInvalidError, StoreError
 from loaders.manifest import (
@@ -30,7 +30,7 @@ from loaders.manifest import (
     try_read_pointer,
 )
 from loaders.snapshot import MAX_EXAMPLES, SnapshotReader, read_snapshot
-from loaders.validate import KEY_FORMAT, Rules, parse_contract
+from loaders.validate import KEY_FORMAT, Rules, diff, parse_contract, validate
 from service.cache import SnapshotCache
 from tests.conftest import T0, FakeClock, customers
 
@@ -192,6 +192,7 @@ def test_changes_json_counts_rows_added_removed_and_changed(
         "added": 3,
         "removed": 2,
         "changed": 2,
+        "type_changed": [],
         "examples": {
             "added": ["C000000041", "C000000042", "C000000043"],
             "removed": ["C000000001", "C000000002"],
@@ -552,3 +553,36 @@ def test_pointer_never_moves_back_when_builders_race(
     assert history == sorted(history)
     assert pointer_version(any_store) == newer.manifest.version
     assert older.manifest.version < newer.manifest.version
+
+
+def test_diff_counts_every_row_changed_when_a_column_changes_type() -> None:
+    old = pa.table({"customer_id": ["C1", "C2", "C3"], "tier": pa.array([1, 2, 3], pa.int64())})
+    new = pa.table({"customer_id": ["C2", "C3", "C4"], "tier": ["1", "2", "3"]})
+
+    changes = diff(new, old, key_column="customer_id", previous_version="v1")
+
+    assert (changes.added, changes.removed, changes.changed) == (1, 1, 2)
+    assert changes.retyped == ["tier"]
+
+
+def test_non_string_key_column_is_rejected_with_a_report_not_a_crash() -> None:
+    table = pa.table({"customer_id": pa.array([1, 2], pa.int64()), "tier": ["a", "b"]})
+
+    with pytest.raises(SnapshotInvalidError, match="must be a string"):
+        validate(table, Rules("customer_id"), None)
+
+
+def test_rejection_report_keeps_keys_out_of_the_error_and_in_the_report(
+    any_store: ObjectStore,
+) -> None:
+    rejection = SnapshotInvalidError(
+        "build rejected", ("2 duplicate keys, e.g. 'C000000007', 'C000000008'", "1 null keys")
+    )
+
+    error = report_rejection(rejection, any_store, datetime(2026, 11, 23, tzinfo=UTC))
+
+    assert "C000000007" not in str(error)
+    assert "2 duplicate keys; 1 null keys" in str(error)
+    report_key = str(error).rsplit("/", 2)[-2:]
+    report = json.loads(any_store.read("/".join(report_key)))
+    assert report["problems"][0].endswith("'C000000007', 'C000000008'")

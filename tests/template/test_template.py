@@ -203,3 +203,10 @@ def test_schedules_reach_both_functions(output: dict[str, Any]) -> None:
     targets = {json.dumps(t["Arn"]) for r in rules.values() for t in r["Properties"]["Targets"]}
     assert any("LookupFunction" in t for t in targets)
     assert any("BuilderFunction" in t for t in targets)
+
+
+def test_builder_runs_one_at_a_time_without_async_retries(output: dict[str, Any]) -> None:
+    builder = output["Resources"]["BuilderFunction"]["Properties"]
+    assert builder["ReservedConcurrentExecutions"] == 1
+    configs = _resources(output, "AWS::Lambda::EventInvokeConfig")
+    assert [c["Properties"]["MaximumRetryAttempts"] for c in configs.values()] == [0]
