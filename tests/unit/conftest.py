@@ -137,6 +137,16 @@ def cache(
     source: InMemorySource, clock: FakeClock, wall_clock: FakeClock, cache_log: logging.Logger
 ) -> SnapshotCache:
     """A real SnapshotCache over ``source``, driven by fake clocks."""
+    return make_cache(source, clock, wall_clock, logger=cache_log)
+
+
+def make_cache(
+    source: InMemorySource,
+    clock: FakeClock,
+    wall_clock: FakeClock,
+    logger: logging.Logger | None = None,
+) -> SnapshotCache:
+    """A SnapshotCache with the unit tests' TTL and staleness settings."""
     return SnapshotCache(
         source,
         key_column=KEY_COLUMN,
@@ -144,7 +154,7 @@ def cache(
         max_staleness_seconds=MAX_STALENESS_SECONDS,
         clock=clock,
         wall_clock=wall_clock,
-        logger=cache_log,
+        logger=logger,
     )
 
 

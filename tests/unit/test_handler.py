@@ -23,7 +23,11 @@ from service.handler import LookupFunction, Service, event_kind
 from service.local_server import LocalContext
 from service.settings import ConfigError, Settings
 from tests.conftest import customers, load_event, publish
-from tests.unit.conftest import KEY_COLUMN, MAX_STALENESS_SECONDS, TTL_SECONDS, InMemorySource
+from tests.unit.conftest import (
+    KEY_COLUMN,
+    InMemorySource,
+    make_cache,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -131,14 +135,7 @@ def exploding_invoke(
 ) -> Callable[[object], dict[str, Any]]:
     source = ExplodingSource()
     source.publish(small_table)
-    cache = SnapshotCache(
-        source,
-        key_column=KEY_COLUMN,
-        ttl_seconds=TTL_SECONDS,
-        max_staleness_seconds=MAX_STALENESS_SECONDS,
-        clock=clock,
-        wall_clock=wall_clock,
-    )
+    cache = make_cache(source, clock, wall_clock)
     function = make_function(cache)
     return lambda event: function(event, lambda_context)
 
