@@ -313,15 +313,14 @@ def _getter(array: pa.Array) -> tuple[Getter, Gather]:
         return (lambda i: fixed[i].decode()), (
             lambda where: [b.decode() for b in fixed[where].tolist()]
         )
+    if pa.types.is_timestamp(kind):
+        return _timestamps(array)
     get = _row_getter(array)
     if array.null_count:
         return get, _each(get)
     if pa.types.is_integer(kind):
         values = array.to_numpy(zero_copy_only=False)
         return get, lambda where: values[where].tolist()
-    if pa.types.is_timestamp(kind) and _utc_or_naive(kind):
-        ticks, render = array.view(pa.int64()).to_numpy(), _utc_renderer(kind)
-        return get, lambda where: [render(t) for t in ticks[where].tolist()]
     return get, _each(get)
 
 
@@ -350,8 +349,6 @@ def _row_getter(array: pa.Array) -> Getter:
     if pa.types.is_floating(kind):
         floats = _view(array)
         return _with_nulls(array, lambda i: to_json_value(floats[i]))
-    if pa.types.is_timestamp(kind):
-        return _with_nulls(array, _timestamp_getter(array))
     if pa.types.is_date32(kind):
         days = _view(array.view(pa.int32()))
         return _with_nulls(array, lambda i: (_EPOCH_DATE + timedelta(days=days[i])).isoformat())
@@ -388,18 +385,36 @@ def _zone(name: str) -> tzinfo:
         raise SnapshotInvalidError(f"unknown time zone {name!r}") from exc
 
 
-def _utc_or_naive(kind: pa.TimestampType) -> bool:
-    return kind.tz is None or _zone(kind.tz) is UTC
+def _timestamps(array: pa.Array) -> tuple[Getter, Gather]:
+    """Readers of a timestamp column as ISO-8601 text, as ``datetime.isoformat`` writes it."""
+    pc.min_max(array).as_py()  # out-of-range values fail here, at load, not in a lookup
+    render = _timestamp_renderer(array.type)
+    ticks = _view(array.view(pa.int64()))
+    get = _with_nulls(array, lambda i: render(ticks[i]))
+    if array.null_count:
+        return get, _each(get)
+    all_ticks = array.view(pa.int64()).to_numpy()
+    return get, lambda where: [render(t) for t in all_ticks[where].tolist()]
 
 
-def _utc_renderer(kind: pa.TimestampType) -> Callable[[int], str]:
-    """ISO text of one raw UTC (or naive) tick value, as ``datetime.isoformat`` writes it.
+def _timestamp_renderer(kind: pa.TimestampType) -> Callable[[int], str]:
+    """ISO text of one raw tick value (microseconds kept, nanoseconds truncated).
 
-    The date part is cached per day and the time joins two prepared strings: about four times
-    faster than building a ``datetime``.
+    UTC and naive timestamps cache the date part per day and join the time from two prepared
+    strings: about four times faster than building a ``datetime``.
     """
     per_unit = _MICROS_PER_UNIT[kind.unit]
-    suffix = "" if kind.tz is None else "+00:00"
+    zone = None if kind.tz is None else _zone(kind.tz)
+
+    if zone is not None and zone is not UTC:
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+
+        def render_zoned(tick: int) -> str:
+            micros = tick * per_unit if per_unit else tick // 1000
+            return (epoch + timedelta(microseconds=micros)).astimezone(zone).isoformat()
+
+        return render_zoned
+    suffix = "" if zone is None else "+00:00"
     days: dict[int, str] = {}
 
     def render(tick: int) -> str:
@@ -414,22 +429,3 @@ def _utc_renderer(kind: pa.TimestampType) -> Callable[[int], str]:
         return f"{text}.{fraction:06d}{suffix}" if fraction else text + suffix
 
     return render
-
-
-def _timestamp_getter(array: pa.Array) -> Getter:
-    """ISO-8601 text of a timestamp, as ``datetime.isoformat`` writes it (microseconds kept)."""
-    kind: pa.TimestampType = array.type
-    pc.min_max(array).as_py()  # out-of-range values fail here, at load, not in a lookup
-    ticks = _view(array.view(pa.int64()))
-    if _utc_or_naive(kind):
-        render = _utc_renderer(kind)
-        return lambda i: render(ticks[i])
-    zone = _zone(kind.tz)
-    per_unit = _MICROS_PER_UNIT[kind.unit]
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-
-    def get_zoned(i: int) -> str:
-        micros = ticks[i] * per_unit if per_unit else ticks[i] // 1000
-        return (epoch + timedelta(microseconds=micros)).astimezone(zone).isoformat()
-
-    return get_zoned
