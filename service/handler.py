@@ -57,11 +57,15 @@ copy_config_to_registered_loggers(source_logger=logger, include={"service", "loa
 
 JSON = "application/json"
 _SCHEDULE_SOURCES = frozenset({"aws.events", "aws.scheduler"})
-# The routes and their methods, to tell "no such path" (404) from "wrong method" (405).
+# Every route, in Powertools' rule syntax: registered from this table, and read again to tell
+# "no such path" (404) from "wrong method" (405).
 _ROUTES = (
-    (re.compile(r"^/customers/batch$"), "POST"),
-    (re.compile(r"^/customers/[^/]+$"), "GET"),
-    (re.compile(r"^/health$"), "GET"),
+    ("/customers/<customer_id>", "GET"),
+    ("/customers/batch", "POST"),
+    ("/health", "GET"),
+)
+_ROUTE_PATTERNS = tuple(
+    (re.compile("^" + re.sub(r"<\w+>", "[^/]+", rule) + "$"), method) for rule, method in _ROUTES
 )
 
 
@@ -103,7 +107,7 @@ def _route_error(method: str, path: str) -> tuple[AppError, dict[str, str] | Non
 
     The path is not echoed back: it may hold a customer key.
     """
-    allowed = sorted({m for pattern, m in _ROUTES if pattern.match(path)})
+    allowed = sorted({m for pattern, m in _ROUTE_PATTERNS if pattern.match(path)})
     if allowed and method not in allowed:
         error = MethodNotAllowedError(f"{method} is not allowed on this route; use {allowed[0]}")
         return error, {"Allow": ", ".join(allowed)}
@@ -114,11 +118,9 @@ def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
     """Attach the lookup routes and the one error mapping to a Powertools resolver."""
     cache = service.cache
 
-    @app.get("/customers/<customer_id>")
     def get_customer(customer_id: str) -> Response:
         return _json_response(200, routes.get_customer(cache, customer_id))
 
-    @app.post("/customers/batch")
     def get_customers() -> Response:
         try:
             body = app.current_event.decoded_body
@@ -131,9 +133,13 @@ def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
             200, routes.get_customers(cache, payload, max_keys=service.settings.max_batch_keys)
         )
 
-    @app.get("/health")
     def health() -> Response:
         return _json_response(200, routes.health(cache))
+
+    views = {"/customers/<customer_id>": get_customer, "/customers/batch": get_customers,
+             "/health": health}  # fmt: skip
+    for rule, method in _ROUTES:
+        app.route(rule, method=method)(views[rule])
 
     @app.exception_handler(AppError)
     def app_error(exc: AppError) -> Response:
