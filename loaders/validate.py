@@ -8,7 +8,7 @@ problem line gives a count and up to 20 example keys.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -206,12 +206,8 @@ def validate(table: pa.Table, rules: Rules, previous: Manifest | None) -> pa.Tab
     if rules.key_column not in table.column_names:
         problems.append(f"key column {rules.key_column!r} is missing")
     else:
-        checks: list[Callable[[], list[str]]] = [
-            lambda: _key_problems(table, rules.key_column),
-            lambda: check_key_format(table, rules),
-        ]
-        for check in checks:
-            problems.extend(check())
+        problems.extend(_key_problems(table, rules.key_column))
+        problems.extend(check_key_format(table, rules))
     problems.extend(check_row_count(table, rules, previous))
     if problems:
         raise SnapshotInvalidError("build rejected", tuple(problems))

@@ -145,7 +145,7 @@ def _warm_up_process() -> None:
         index.get_many(["C000000845", "X"])
 
 
-def bench_ours(root: str, s3_uri: str, endpoint: str, probes: list[str]) -> dict[str, Any]:
+def bench_ours(root: str, s3_uri: str, probes: list[str]) -> dict[str, Any]:
     """Our cache and index: load, memory, lookups, handler, batch, refresh."""
     os.environ["SNAPSHOT_URI"] = root
     import boto3
@@ -187,11 +187,11 @@ def bench_ours(root: str, s3_uri: str, endpoint: str, probes: list[str]) -> dict
     samples = _latencies_us(lambda e: lambda_handler.handler(e, context), events)
     figures["handler_p50_us"] = round(statistics.median(samples), 2)
     figures["handler_p99_us"] = round(_pct(samples, 0.99), 2)
-    figures.update(_refresh_from_s3(boto3.client("s3"), s3_uri, endpoint))
+    figures.update(_refresh_from_s3(boto3.client("s3"), s3_uri))
     return figures
 
 
-def _refresh_from_s3(client: Any, s3_uri: str, endpoint: str) -> dict[str, Any]:
+def _refresh_from_s3(client: Any, s3_uri: str) -> dict[str, Any]:
     """Cold load from S3 (moto server), then a refresh with an unchanged pointer."""
     from loaders.snapshot import SnapshotReader
     from service.cache import SnapshotCache
@@ -234,7 +234,6 @@ def _refresh_from_s3(client: Any, s3_uri: str, endpoint: str) -> dict[str, Any]:
         "load_s3_s": round(load_s3, 3),
         "refresh_unchanged_requests": counts["requests"],
         "refresh_unchanged_body_bytes": counts["body_bytes"],
-        "s3_endpoint": endpoint,
     }
 
 
@@ -474,7 +473,7 @@ class MotoServer:
         self.server.stop()
 
 
-def run_size(size: int, args: argparse.Namespace, endpoint: str, bar: tqdm) -> dict[str, Any]:
+def run_size(size: int, args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
     import boto3
 
     probes_n = 10_000 if args.quick else 100_000
@@ -499,9 +498,7 @@ def run_size(size: int, args: argparse.Namespace, endpoint: str, bar: tqdm) -> d
         bar.update()
         results: dict[str, Any] = {}
         bar.set_description(f"{size:,} rows: ours")
-        results["ours"] = _in_child(
-            bench_ours, root.as_uri(), f"s3://{BUCKET}/{prefix}", endpoint, probes
-        )
+        results["ours"] = _in_child(bench_ours, root.as_uri(), f"s3://{BUCKET}/{prefix}", probes)
         bar.update()
         bar.set_description(f"{size:,} rows: loopback HTTP")
         results["ours"].update(
@@ -629,9 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict[str, Any] = {}
     steps = len(sizes) * (3 + len(args.peers))
-    with MotoServer() as endpoint, tqdm(total=steps, unit="step") as bar:
+    with MotoServer(), tqdm(total=steps, unit="step") as bar:
         for size in sizes:
-            results[str(size)] = run_size(size, args, endpoint, bar)
+            results[str(size)] = run_size(size, args, bar)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, args.out / "results.md", command.strip())
