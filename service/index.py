@@ -248,9 +248,8 @@ def _dictionary_group(run: list[tuple[str, pa.Array]]) -> tuple[Getter, Gather]:
 
 
 def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
-    if column.num_chunks == 1:
-        return column.chunk(0)
-    return pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
+    """The one chunk of a column of a combined table (an empty table has none)."""
+    return column.chunk(0) if column.num_chunks else pa.array([], column.type)
 
 
 def _key_array(keys: pa.Array) -> np.ndarray:
