@@ -25,6 +25,14 @@ DATA_NAME = "data.parquet"
 MANIFEST_NAME = "manifest.json"
 CHANGES_NAME = "changes.json"
 VERSION_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+# How many earlier versions CURRENT remembers, newest first: a cold reader that rejects the
+# current version falls back to the newest of these that loads.
+PREVIOUS_DEPTH = 3
+# A version stamped further ahead of the store's clock than this is refused by builders and
+# rejected by readers: a skewed clock must not block every later build.
+MAX_CLOCK_SKEW_SECONDS = 300.0
+# Everything a hostile or corrupt JSON document can raise while we parse and check it.
+_PARSE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError)
 
 
 def check_version(version: object) -> str:
@@ -75,18 +83,27 @@ class Manifest:
     bytes: int
     source: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
+    # When the query started (the data cutoff; the version's time) and when the snapshot was
+    # written. Manifests from before these fields read back as None.
+    query_started_at: datetime | None = None
+    published_at: datetime | None = None
+    # Arrow bytes of the decoded table, as the builder read it back: what a reader will hold.
+    table_bytes: int | None = None
 
     def to_json(self) -> bytes:
         """Serialise as the public manifest document."""
         doc = {
             "format": self.format,
             "version": self.version,
-            "created_at": self.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "created_at": utc_text(self.created_at),
+            "query_started_at": utc_text(self.query_started_at),
+            "published_at": utc_text(self.published_at),
             "key_column": self.key_column,
             "row_count": self.row_count,
             "columns": [{"name": c.name, "type": c.type} for c in self.columns],
             "sha256": self.sha256,
             "bytes": self.bytes,
+            "table_bytes": self.table_bytes,
             "source": self.source,
         }
         return json.dumps(doc, indent=2, sort_keys=False).encode()
@@ -115,8 +132,11 @@ class Manifest:
                 bytes=_typed(doc, "bytes", int),
                 source=_typed(doc, "source", dict),
                 format=_typed(doc, "format", int),
+                query_started_at=_optional(doc, "query_started_at", _parse_utc),
+                published_at=_optional(doc, "published_at", _parse_utc),
+                table_bytes=_optional(doc, "table_bytes", lambda v: _typed({"n": v}, "n", int)),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except _PARSE_ERRORS as exc:
             raise SnapshotInvalidError(f"bad manifest: {exc}") from exc
         if manifest.format != FORMAT:
             raise SnapshotInvalidError(f"manifest format {manifest.format} is not {FORMAT}")
@@ -135,21 +155,67 @@ def _typed(doc: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def _optional(doc: dict[str, Any], name: str, parse: Any) -> Any:
+    value = doc.get(name)
+    return None if value is None else parse(value)
+
+
+def utc_text(moment: datetime | None) -> str | None:
+    """``2026-01-01T00:00:00Z`` for an aware time; None stays None."""
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _parse_utc(text: object) -> datetime:
     if not isinstance(text, str):
-        raise TypeError(f"created_at must be str, got {type(text).__name__}")
+        raise TypeError(f"a time must be str, got {type(text).__name__}")
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
-        raise ValueError(f"created_at {text!r} has no time zone")
-    return parsed.astimezone(UTC)
+        raise ValueError(f"time {text!r} has no time zone")
+    return parsed.astimezone(UTC)  # OverflowError near year 1 or 9999: a bad manifest
 
 
 @dataclass(frozen=True, slots=True)
 class Pointer:
-    """The current version as read from ``CURRENT``, with the ETag it was read at."""
+    """The current version as read from ``CURRENT``, with the ETag it was read at.
+
+    ``previous`` lists up to :data:`PREVIOUS_DEPTH` earlier announced versions, newest first.
+    Readers that know only ``{"version"}`` ignore it.
+    """
 
     version: str
     etag: str
+    previous: tuple[str, ...] = ()
+
+    def to_json(self) -> bytes:
+        """The pointer document (the ETag is the store's, not part of it)."""
+        return json.dumps({"version": self.version, "previous": list(self.previous)}).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes, etag: str) -> Pointer:
+        """Parse a pointer document.
+
+        Raises
+        ------
+        SnapshotInvalidError
+            If it is not ``{"version": <version>, "previous": [<version>, ...]}``.
+        """
+        try:
+            doc = json.loads(body)
+            previous = doc.get("previous", [])
+            if not isinstance(previous, list):
+                raise TypeError(f"previous must be a list, got {type(previous).__name__}")
+            return cls(
+                check_version(doc["version"]),
+                etag,
+                tuple(check_version(v) for v in previous[:PREVIOUS_DEPTH]),
+            )
+        except _PARSE_ERRORS as exc:
+            raise SnapshotInvalidError(f"bad pointer: {exc}") from exc
+
+    def succeeded_by(self, version: str) -> tuple[str, ...]:
+        """The ``previous`` list of a pointer that replaces this one with ``version``."""
+        chain = (self.version, *self.previous)
+        return tuple(v for v in chain if v != version)[:PREVIOUS_DEPTH]
 
 
 def read_pointer(store: ObjectStore, *, if_none_match: str | None = None) -> Pointer | None:
@@ -165,11 +231,7 @@ def read_pointer(store: ObjectStore, *, if_none_match: str | None = None) -> Poi
     obj = store.get(POINTER_KEY, if_none_match=if_none_match)
     if obj is None:
         return None
-    try:
-        version = json.loads(obj.body)["version"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SnapshotInvalidError(f"bad pointer {store.uri}/{POINTER_KEY}: {exc}") from exc
-    return Pointer(check_version(version), obj.etag)
+    return Pointer.from_json(obj.body, obj.etag)
 
 
 def read_manifest(store: ObjectStore, version: str) -> Manifest:
@@ -192,12 +254,14 @@ def announce(store: ObjectStore, version: str, *, previous: Pointer | None) -> P
     PreconditionFailedError
         If another writer moved the pointer since ``previous`` was read.
     """
-    body = json.dumps({"version": check_version(version)}).encode()
+    check_version(version)
+    chain = () if previous is None else previous.succeeded_by(version)
+    body = Pointer(version, "", chain).to_json()
     if previous is None:
         etag = store.put(POINTER_KEY, body, if_none_match="*")
     else:
         etag = store.put(POINTER_KEY, body, if_match=previous.etag)
-    return Pointer(version, etag)
+    return Pointer(version, etag, chain)
 
 
 def try_read_pointer(store: ObjectStore) -> Pointer | None:

@@ -18,7 +18,7 @@ from cachetools import TTLCache
 
 from loaders.errors import LoaderError, SnapshotInvalidError
 from service.errors import SnapshotUnavailableError
-from service.index import KeyIndex
+from loaders.index import KeyIndex
 
 if TYPE_CHECKING:
     from loaders.manifest import Manifest, Pointer

@@ -63,7 +63,7 @@ def test_publish_writes_data_manifest_and_pointer(any_store: ObjectStore, small_
 def test_pointer_names_the_published_version(any_store: ObjectStore, small_table) -> None:
     version = publish(any_store, small_table)
 
-    assert _pointer_doc(any_store) == {"version": version}
+    assert _pointer_doc(any_store) == {"version": version, "previous": []}
 
 
 def test_publish_reports_the_announced_version(any_store: ObjectStore, small_table) -> None:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loaders.errors import SnapshotInvalidError
-from service.index import KeyIndex, to_json_value
+from loaders.index import KeyIndex, to_json_value
 
 ROW_KEYS = ["k0", "k1", "k2"]
 
