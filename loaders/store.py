@@ -289,3 +289,33 @@ def open_store(uri: str, *, s3_client: S3Client | None = None) -> ObjectStore:
     if s3_client is None:
         raise ValueError("an s3:// root needs an S3 client")
     return S3Store(s3_client, bucket, path)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageBudget:
+    """How long one call to S3 may take: botocore's timeouts and attempts, never its defaults.
+
+    botocore's defaults (60 s to connect, 60 s per read, retries) would hold a request far past
+    a Lambda timeout, and a timed-out Lambda loses its last good snapshot with the runtime.
+    ``max_attempts`` counts the first try (botocore's ``total_max_attempts``).
+    """
+
+    connect_timeout_seconds: float
+    read_timeout_seconds: float
+    max_attempts: int
+
+
+def make_s3_client(budget: StorageBudget) -> S3Client:
+    """A boto3 S3 client bound by ``budget``, in standard retry mode (jittered backoff).
+
+    Its endpoint comes from the environment (``AWS_ENDPOINT_URL_S3``) when one is set.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=budget.connect_timeout_seconds,
+        read_timeout=budget.read_timeout_seconds,
+        retries={"mode": "standard", "total_max_attempts": budget.max_attempts},
+    )
+    return boto3.client("s3", config=config)
