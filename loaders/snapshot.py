@@ -134,6 +134,8 @@ def describe(
     key_column: str,
     created_at: datetime,
     source: dict[str, Any] | None = None,
+    query_started_at: datetime | None = None,
+    published_at: datetime | None = None,
 ) -> Manifest:
     """The manifest of ``table`` encoded as ``body``."""
     return Manifest(
@@ -145,6 +147,8 @@ def describe(
         sha256=hashlib.sha256(body).hexdigest(),
         bytes=len(body),
         source=dict(source or {}),
+        query_started_at=query_started_at,
+        published_at=published_at,
     )
 
 
@@ -157,6 +161,8 @@ def write_snapshot(
     created_at: datetime,
     source: dict[str, Any] | None = None,
     extra_files: dict[str, bytes] | None = None,
+    query_started_at: datetime | None = None,
+    published_at: datetime | None = None,
 ) -> Manifest:
     """Check ``table``, then write its data, any extra files, and last its manifest, create-only.
 
@@ -166,7 +172,14 @@ def write_snapshot(
     check_keys(table, key_column)
     body = encode_table(table, key_column)
     manifest = describe(
-        table, body, version=version, key_column=key_column, created_at=created_at, source=source
+        table,
+        body,
+        version=version,
+        key_column=key_column,
+        created_at=created_at,
+        source=source,
+        query_started_at=query_started_at,
+        published_at=published_at,
     )
     store.put(snapshot_key(version, DATA_NAME), body, if_none_match="*")
     for name, extra in (extra_files or {}).items():
