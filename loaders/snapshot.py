@@ -254,3 +254,13 @@ class SnapshotReader:
     def read(self, version: str) -> Snapshot:
         """One verified snapshot."""
         return read_snapshot(self.store, version)
+
+    def read_manifest(self, version: str) -> Manifest:
+        """One version's checked manifest: a small read, made before committing to the data."""
+        return read_manifest(self.store, version)
+
+    def read_data(self, manifest: Manifest) -> Snapshot:
+        """The data ``manifest`` describes, verified against it."""
+        return decode_snapshot(
+            manifest, self.store.read(snapshot_key(manifest.version, DATA_NAME))
+        )

@@ -1,12 +1,19 @@
 """SnapshotCache: the current snapshot in memory, refreshed by pointer, never lost to a failure.
 
-No boto3 and no ``os`` here: the snapshot source and both clocks are injected. The cache keeps
-one ``_current`` reference and replaces it in a single assignment, so a request that took a
-:class:`Serving` never sees a mix of two versions.
+No boto3 and no ``os`` here: the snapshot source, the clocks and the memory release are
+injected. The cache keeps one ``_current`` reference and replaces it in a single assignment, so
+a request that took a :class:`Serving` never sees a mix of two versions.
+
+Every pointer check (and any download it leads to) runs on a worker thread, and a request waits
+for it only up to a deadline: ``refresh_wait_seconds`` with a snapshot in hand, and
+``load_wait_seconds`` without one. Past the deadline the request answers from what is loaded
+(or with a 503), and the check finishes on its own, bounded by the store client's timeouts.
+What a failure means is decided once, by :func:`loaders.errors.classify`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -16,9 +23,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cachetools import TTLCache
 
-from loaders.errors import LoaderError, SnapshotInvalidError
-from service.errors import SnapshotUnavailableError
+from loaders.errors import Failure, SnapshotInvalidError, SnapshotTooLargeError, classify
 from loaders.index import KeyIndex
+from loaders.manifest import MAX_CLOCK_SKEW_SECONDS, utc_text
+from service.errors import SnapshotUnavailableError
+from service.memory import projected_bytes, release_unused
 
 if TYPE_CHECKING:
     from loaders.manifest import Manifest, Pointer
@@ -26,6 +35,10 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 _GATE_KEY = "pointer"
+MB = 1 << 20
+# Created at module scope so that the handler's Powertools set-up (which configures only the
+# loggers that exist when it runs) turns these lines into JSON too.
+logger = logging.getLogger(__name__)
 
 
 class SnapshotSource(Protocol):
@@ -33,7 +46,20 @@ class SnapshotSource(Protocol):
 
     def read_pointer(self, *, if_none_match: str | None = None) -> Pointer | None: ...
 
-    def read(self, version: str) -> Snapshot: ...
+    def read_manifest(self, version: str) -> Manifest: ...
+
+    def read_data(self, manifest: Manifest) -> Snapshot: ...
+
+
+class CheckOutcome(enum.Enum):
+    """What one pointer check did."""
+
+    UNCHANGED = "unchanged"  # the pointer names what is served (or answered 304)
+    LOADED = "loaded"  # a new version is served
+    DEGRADED = "degraded"  # the announced version was rejected; a previous one is served
+    REJECTED = "rejected"  # the announced version is bad; the last good one is kept
+    FAILED = "failed"  # storage, time, memory, or a bug; tried again after the TTL
+    PENDING = "pending"  # still running when the caller's deadline passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +70,7 @@ class Loaded:
     index: KeyIndex
     created_at_epoch: float
     created_at_text: str
+    degraded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,23 +81,43 @@ class Serving:
     snapshot: dict[str, Any]
 
 
+class _Check:
+    """One pointer check in flight: done once its outcome is set."""
+
+    __slots__ = ("done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome = CheckOutcome.PENDING
+
+
 class SnapshotCache:
     """Holds the last good snapshot and decides when to look for a newer one.
 
     Parameters
     ----------
     source : SnapshotSource
-        Reads the pointer (conditionally) and verified snapshots.
+        Reads the pointer (conditionally), manifests and verified snapshots.
     key_column : str
         The key column snapshots must be indexed by.
     ttl_seconds : float
         How long the pointer is trusted before the next conditional re-check.
     max_staleness_seconds : float
         Snapshot age past which the status block says ``"stale": true``.
+    refresh_wait_seconds : float, default 2.5
+        The longest a request with a snapshot in hand waits on a pointer check or reload.
+    load_wait_seconds : float, default 7
+        The longest a request waits for the first load before it gets a 503.
+    retry_after_seconds : int, default 5
+        The ``Retry-After`` of that 503.
+    memory_budget_bytes : int or None
+        A version whose projected memory does not fit beside the current one is refused.
     clock : callable, default time.monotonic
         Drives the TTL gate.
     wall_clock : callable, default time.time
-        Epoch seconds, for snapshot age.
+        Epoch seconds, for snapshot age and the future-version check.
+    release_memory : callable
+        Hands freed pages back to the system after a swap.
     """
 
     def __init__(
@@ -80,20 +127,31 @@ class SnapshotCache:
         key_column: str,
         ttl_seconds: float,
         max_staleness_seconds: float,
+        refresh_wait_seconds: float = 2.5,
+        load_wait_seconds: float = 7.0,
+        retry_after_seconds: int = 5,
+        memory_budget_bytes: int | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        release_memory: Callable[[], None] = release_unused,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     ) -> None:
         self._source = source
         self._key_column = key_column
         self._max_staleness_seconds = max_staleness_seconds
+        self._refresh_wait_seconds = refresh_wait_seconds
+        self._load_wait_seconds = load_wait_seconds
+        self._retry_after_seconds = retry_after_seconds
+        self._memory_budget_bytes = memory_budget_bytes
         self._wall_clock = wall_clock
-        self._log = logger or logging.getLogger(__name__)
+        self._release_memory = release_memory
+        self._log = logger or globals()["logger"]
         # A one-slot TTLCache is the "pointer checked recently" gate: when its entry expires
         # the next request re-checks. The snapshot itself never lives in a TTLCache, because
         # an expired entry is gone, and stale beats empty.
         self._gate: TTLCache[str, bool] = TTLCache(maxsize=1, ttl=ttl_seconds, timer=clock)
-        self._lock = threading.Lock()
+        self._checks = threading.Lock()  # guards _in_flight
+        self._in_flight: _Check | None = None
         self._current: Loaded | None = None
         self._pointer_etag: str | None = None
 
@@ -104,16 +162,16 @@ class SnapshotCache:
         return None if current is None else current.manifest.version
 
     def get(self) -> Serving:
-        """The snapshot to answer one request from, refreshing first if the TTL lapsed.
+        """The snapshot to answer one request from, checking the pointer first if the TTL lapsed.
 
         Raises
         ------
         SnapshotUnavailableError
-            If no good snapshot has ever been loaded.
+            If no good snapshot is loaded when the load deadline passes.
         """
         if _GATE_KEY not in self._gate:
-            # With a snapshot in hand, never queue behind another thread's refresh.
-            self._refresh(blocking=self._current is None)
+            # With a snapshot in hand, never queue behind another request's check.
+            self._check(join=self._current is None)
         return self.serving()
 
     def serving(self) -> Serving:
@@ -122,74 +180,162 @@ class SnapshotCache:
         Raises
         ------
         SnapshotUnavailableError
-            If no good snapshot has ever been loaded.
+            If no good snapshot has been loaded.
         """
         current = self._current
         if current is None:
-            raise SnapshotUnavailableError("no snapshot is loaded yet; try again shortly")
+            raise SnapshotUnavailableError(
+                "no snapshot is loaded yet; try again shortly",
+                retry_after_seconds=self._retry_after_seconds,
+            )
         return Serving(current.index, self._status(current))
 
     def refresh(self) -> bool:
-        """Check the pointer now, whatever the TTL; True if a new version was loaded."""
-        return self._refresh(blocking=True)
+        """Check the pointer now, whatever the TTL, waiting for it up to the deadline.
+
+        Returns True when the check swapped in another version.
+        """
+        return self._check(join=True) in (CheckOutcome.LOADED, CheckOutcome.DEGRADED)
+
+    def wait(self, timeout_seconds: float | None = None) -> bool:
+        """Wait for a check in flight to finish; True when none is left running."""
+        check = self._in_flight
+        return check is None or check.done.wait(timeout_seconds)
 
     def _status(self, loaded: Loaded) -> dict[str, Any]:
         age = max(0.0, self._wall_clock() - loaded.created_at_epoch)
-        return {
+        status = {
             "version": loaded.manifest.version,
             "created_at": loaded.created_at_text,
             "age_seconds": int(age),
             "stale": age > self._max_staleness_seconds,
         }
+        if loaded.degraded:
+            status["degraded"] = True
+        return status
 
-    def _refresh(self, *, blocking: bool) -> bool:
-        if not self._lock.acquire(blocking=blocking):
-            return False
+    def _check(self, *, join: bool) -> CheckOutcome:
+        cold = self._current is None
+        with self._checks:
+            check = self._in_flight
+            if check is None or check.done.is_set():
+                check = self._in_flight = _Check()
+                threading.Thread(
+                    target=self._run, args=(check,), name="snapshot-refresh", daemon=True
+                ).start()
+            elif not join:
+                return CheckOutcome.PENDING
+        wait = self._load_wait_seconds if cold else self._refresh_wait_seconds
+        if not check.done.wait(wait):
+            self._log.warning(
+                "pointer check still running after %.1fs; serving %s", wait, self.version
+            )
+        return check.outcome
+
+    def _run(self, check: _Check) -> None:
         try:
-            return self._check_pointer()
+            check.outcome = self._check_pointer()
         finally:
-            self._lock.release()
+            # Failed or not, the next check waits a TTL: a failing store is not hammered.
+            # Without a snapshot, every request tries again (joining any check in flight).
+            if self._current is not None:
+                self._gate[_GATE_KEY] = True
+            check.done.set()
 
-    def _check_pointer(self) -> bool:
+    def _check_pointer(self) -> CheckOutcome:
         """One conditional pointer read, and a download only when the version changed."""
         pointer: Pointer | None = None
         try:
             pointer = self._source.read_pointer(if_none_match=self._pointer_etag)
             if pointer is None:
-                return False
+                return CheckOutcome.UNCHANGED
             if self.version == pointer.version:
                 self._pointer_etag = pointer.etag
-                return False
-            loaded = self._load(pointer.version)
-        except SnapshotInvalidError as exc:
-            # Remember the pointer we rejected, so the next check is a cheap 304 until it moves.
-            if pointer is not None:
-                self._pointer_etag = pointer.etag
-            self._log.error("snapshot rejected; serving %s: %s", self.version, exc)
-            return False
-        except LoaderError as exc:
-            self._log.warning("refresh failed; serving %s: %s", self.version, exc)
-            return False
-        finally:
-            # Failed or not, the next check waits a TTL: a failing store is not hammered.
-            if self._current is not None:
-                self._gate[_GATE_KEY] = True
-        self._current = loaded  # the swap: one reference assignment
+                return CheckOutcome.UNCHANGED
+            self._swap(self._load(pointer.version))
+        except Exception as exc:  # noqa: BLE001 - classified below; nothing reaches a request
+            return self._failed(exc, pointer)
         self._pointer_etag = pointer.etag
-        self._gate[_GATE_KEY] = True
-        self._log.info("serving snapshot %s (%d rows)", loaded.manifest.version, len(loaded.index))
-        return True
+        return CheckOutcome.LOADED
 
-    def _load(self, version: str) -> Loaded:
-        snapshot = self._source.read(version)
-        manifest = snapshot.manifest
-        if manifest.key_column != self._key_column:
-            raise SnapshotInvalidError(
-                f"snapshot {version} is keyed by {manifest.key_column!r}, not {self._key_column!r}"
+    def _failed(self, exc: Exception, pointer: Pointer | None) -> CheckOutcome:
+        failure = classify(exc)
+        if failure is Failure.TRANSIENT:
+            self._log.warning("refresh failed; serving %s: %s", self.version, exc)
+            return CheckOutcome.FAILED
+        if failure is Failure.BUG:
+            self._log.exception("refresh failed on a bug; serving %s", self.version)
+            return CheckOutcome.FAILED
+        self._log.error("snapshot rejected; serving %s: %s", self.version, exc)
+        etag = pointer.etag if pointer is not None else getattr(exc, "etag", None)
+        if self._current is None and pointer is not None and pointer.previous:
+            return self._fall_back(pointer)
+        # Remember the pointer we rejected, so the next check is a cheap 304 until it moves.
+        self._pointer_etag = etag
+        return CheckOutcome.REJECTED
+
+    def _fall_back(self, pointer: Pointer) -> CheckOutcome:
+        """Cold, with the announced version rejected: serve the newest previous one that loads."""
+        for version in pointer.previous:
+            try:
+                self._swap(self._load(version, degraded=True))
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if classify(exc) is Failure.PERMANENT:
+                    self._log.error("previous snapshot %s rejected too: %s", version, exc)
+                    continue
+                # Not known bad: leave the pointer unremembered so the next check tries again.
+                self._log.warning("falling back to %s failed: %s", version, exc)
+                return CheckOutcome.FAILED
+            self._pointer_etag = pointer.etag
+            self._log.warning(
+                "serving previous snapshot %s (degraded): %s was rejected",
+                version,
+                pointer.version,
             )
+            return CheckOutcome.DEGRADED
+        self._pointer_etag = pointer.etag
+        return CheckOutcome.REJECTED
+
+    def _load(self, version: str, *, degraded: bool = False) -> Loaded:
+        manifest = self._source.read_manifest(version)
+        self._admit(manifest)
+        snapshot = self._source.read_data(manifest)
         return Loaded(
             manifest=manifest,
             index=KeyIndex(snapshot.table, manifest.key_column),
             created_at_epoch=manifest.created_at.timestamp(),
-            created_at_text=manifest.created_at.isoformat().replace("+00:00", "Z"),
+            created_at_text=utc_text(manifest.created_at) or "",
+            degraded=degraded,
         )
+
+    def _admit(self, manifest: Manifest) -> None:
+        """Refuse a version before downloading it: wrong key, from the future, or too big."""
+        version = manifest.version
+        if manifest.key_column != self._key_column:
+            raise SnapshotInvalidError(
+                f"snapshot {version} is keyed by {manifest.key_column!r}, not {self._key_column!r}"
+            )
+        ahead = manifest.created_at.timestamp() - self._wall_clock()
+        if ahead > MAX_CLOCK_SKEW_SECONDS:
+            raise SnapshotInvalidError(
+                f"snapshot {version} was created {ahead:.0f}s in the future; "
+                f"the most clock skew allowed is {MAX_CLOCK_SKEW_SECONDS:.0f}s"
+            )
+        budget = self._memory_budget_bytes
+        needed = projected_bytes(manifest)
+        if budget is None or needed is None:
+            return
+        current = self._current
+        held = 0 if current is None else projected_bytes(current.manifest) or 0
+        if held + needed > budget:
+            raise SnapshotTooLargeError(
+                f"snapshot {version} needs about {needed / MB:.0f} MB beside the "
+                f"{held / MB:.0f} MB held; the memory budget is {budget / MB:.0f} MB"
+            )
+
+    def _swap(self, loaded: Loaded) -> None:
+        self._current = loaded  # the swap: one reference assignment
+        self._log.info("serving snapshot %s (%d rows)", loaded.manifest.version, len(loaded.index))
+        # The old snapshot's last reference went with the swap; give its pages back, so
+        # steady RSS does not creep up refresh after refresh.
+        self._release_memory()

@@ -7,10 +7,10 @@
      ├── KeyNotFoundError         404 not_found         the key is not in the snapshot
      ├── RouteNotFoundError       404 route_not_found   no such path
      ├── MethodNotAllowedError    405 method_not_allowed  the path exists, the method doesn't
-     └── SnapshotUnavailableError 503 snapshot_unavailable  no good snapshot is loaded
+     └── SnapshotUnavailableError 503 snapshot_unavailable  no good snapshot is loaded (Retry-After)
 
 Every answer built from one of these is ``{"error": {"code", "message"}}``, plus the
-``snapshot`` block when the error happened with a snapshot in hand.
+``snapshot`` block when the error happened with a snapshot in hand, and ``headers`` for HTTP.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ class AppError(Exception):
         super().__init__(message)
         self.message = message
         self.snapshot = snapshot
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Extra HTTP headers of the answer, if any."""
+        return None
 
 
 class BadRequestError(AppError):
@@ -54,6 +59,14 @@ class MethodNotAllowedError(AppError):
 class SnapshotUnavailableError(AppError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "snapshot_unavailable"
+
+    def __init__(self, message: str, *, retry_after_seconds: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 def to_response(exc: AppError) -> tuple[int, dict[str, Any]]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pyarrow as pa
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import (
@@ -29,7 +29,7 @@ from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from loaders.snapshot import SnapshotReader
-from loaders.store import open_store, parse_uri
+from loaders.store import make_s3_client, open_store, parse_uri
 from service import routes
 from service.cache import SnapshotCache
 from service.errors import (
@@ -80,14 +80,18 @@ class Service:
 def build_service(settings: Settings, *, s3_client: Any = None) -> Service:
     """Open the snapshot store named by ``settings`` and wrap it in a cache (loads lazily)."""
     if s3_client is None and parse_uri(settings.snapshot_uri)[0] == "s3":
-        # The endpoint comes from the environment (AWS_ENDPOINT_URL_S3) when one is set.
-        s3_client = boto3.client("s3")
+        s3_client = make_s3_client(settings.storage)
     store = open_store(settings.snapshot_uri, s3_client=s3_client)
     cache = SnapshotCache(
         SnapshotReader(store),
         key_column=settings.key_column,
         ttl_seconds=settings.refresh_ttl_seconds,
         max_staleness_seconds=settings.max_staleness_seconds,
+        refresh_wait_seconds=settings.refresh_wait_seconds,
+        load_wait_seconds=settings.cold_load_wait_seconds,
+        # A client that retries after this finds the load finished or given up on.
+        retry_after_seconds=max(1, math.ceil(settings.cold_load_wait_seconds)),
+        memory_budget_bytes=settings.memory_budget_bytes,
     )
     return Service(settings, cache)
 
@@ -143,7 +147,7 @@ def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
 
     @app.exception_handler(AppError)
     def app_error(exc: AppError) -> Response:
-        return _json_response(*to_response(exc))
+        return _json_response(*to_response(exc), headers=exc.headers)
 
     @app.not_found
     def not_found(_exc: NotFoundError) -> Response:
@@ -226,8 +230,10 @@ def start_in_lambda() -> LookupFunction | None:
     """In a Lambda environment, build the function and load the snapshot during init.
 
     A bad setting then fails start-up with a ConfigError naming the variable, and the first
-    download runs in the init phase (which has full CPU) instead of in the first request. A
-    failed load is logged and retried on the next request, which answers 503 meanwhile.
+    download runs in the init phase (which has full CPU) instead of in the first request. Init
+    waits for it at most ``COLD_LOAD_WAIT_SECONDS`` (Lambda caps init at 10 s); a load still
+    running then finishes in the background, and a failed one is retried by the next request,
+    which answers 503 with ``Retry-After`` meanwhile.
     """
     if not in_lambda():
         return None

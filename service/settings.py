@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from loaders.store import parse_uri
+from loaders.store import StorageBudget, parse_uri
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -16,6 +16,19 @@ DEFAULT_KEY_COLUMN = "customer_id"
 DEFAULT_REFRESH_TTL_SECONDS = 300.0
 DEFAULT_MAX_STALENESS_SECONDS = 172800.0
 DEFAULT_MAX_BATCH_KEYS = 100
+# Time budgets (README "Reliability"): one S3 call is at most attempts x (connect + read), the
+# warm wait keeps a request with a snapshot near 3 s, and the cold wait answers the first
+# request (a 503 with Retry-After at worst) well inside the function's 10 s timeout.
+DEFAULT_S3_CONNECT_TIMEOUT_SECONDS = 1.0
+DEFAULT_S3_READ_TIMEOUT_SECONDS = 2.0
+DEFAULT_S3_MAX_ATTEMPTS = 2
+DEFAULT_REFRESH_WAIT_SECONDS = 2.5
+DEFAULT_COLD_LOAD_WAIT_SECONDS = 7.0
+# Function memory the runtime, imports and requests need besides the snapshots.
+DEFAULT_MEMORY_MARGIN_MB = 256
+DEFAULT_STORAGE = StorageBudget(
+    DEFAULT_S3_CONNECT_TIMEOUT_SECONDS, DEFAULT_S3_READ_TIMEOUT_SECONDS, DEFAULT_S3_MAX_ATTEMPTS
+)
 _COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -37,6 +50,16 @@ class Settings:
     max_staleness_seconds : float, default 172800
         Snapshot age past which answers say ``"stale": true``.
     max_batch_keys : int, default 100
+    storage : StorageBudget
+        ``S3_CONNECT_TIMEOUT_SECONDS`` (1), ``S3_READ_TIMEOUT_SECONDS`` (2) and
+        ``S3_MAX_ATTEMPTS`` (2, the first try included).
+    refresh_wait_seconds : float, default 2.5
+        ``REFRESH_WAIT_SECONDS``: the longest a request with a snapshot waits on a refresh.
+    cold_load_wait_seconds : float, default 7
+        ``COLD_LOAD_WAIT_SECONDS``: the longest a request waits for the first load (then 503).
+    memory_budget_mb : int or None
+        ``MEMORY_BUDGET_MB``; by default ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE`` less 256 MB, and
+        no budget outside Lambda. 0 turns the check off.
     """
 
     snapshot_uri: str
@@ -44,6 +67,15 @@ class Settings:
     refresh_ttl_seconds: float = DEFAULT_REFRESH_TTL_SECONDS
     max_staleness_seconds: float = DEFAULT_MAX_STALENESS_SECONDS
     max_batch_keys: int = DEFAULT_MAX_BATCH_KEYS
+    storage: StorageBudget = DEFAULT_STORAGE
+    refresh_wait_seconds: float = DEFAULT_REFRESH_WAIT_SECONDS
+    cold_load_wait_seconds: float = DEFAULT_COLD_LOAD_WAIT_SECONDS
+    memory_budget_mb: int | None = None
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        """The memory budget in bytes, or None for no check."""
+        return self.memory_budget_mb * 1024 * 1024 if self.memory_budget_mb else None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,7 +107,35 @@ class Settings:
             max_batch_keys=int(
                 _number(env, "MAX_BATCH_KEYS", DEFAULT_MAX_BATCH_KEYS, 1, integer=True)
             ),
+            storage=StorageBudget(
+                connect_timeout_seconds=_number(
+                    env, "S3_CONNECT_TIMEOUT_SECONDS", DEFAULT_S3_CONNECT_TIMEOUT_SECONDS, 0.1
+                ),
+                read_timeout_seconds=_number(
+                    env, "S3_READ_TIMEOUT_SECONDS", DEFAULT_S3_READ_TIMEOUT_SECONDS, 0.1
+                ),
+                max_attempts=int(
+                    _number(env, "S3_MAX_ATTEMPTS", DEFAULT_S3_MAX_ATTEMPTS, 1, integer=True)
+                ),
+            ),
+            refresh_wait_seconds=_number(
+                env, "REFRESH_WAIT_SECONDS", DEFAULT_REFRESH_WAIT_SECONDS, 0
+            ),
+            cold_load_wait_seconds=_number(
+                env, "COLD_LOAD_WAIT_SECONDS", DEFAULT_COLD_LOAD_WAIT_SECONDS, 0
+            ),
+            memory_budget_mb=_memory_budget_mb(env),
         )
+
+
+def _memory_budget_mb(env: Mapping[str, str]) -> int | None:
+    """``MEMORY_BUDGET_MB`` if set, else the Lambda function's memory less a margin."""
+    if (env.get("MEMORY_BUDGET_MB") or "").strip():
+        return int(_number(env, "MEMORY_BUDGET_MB", 0, 0, integer=True)) or None
+    if not (env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or "").strip():
+        return None
+    size = int(_number(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, 128, integer=True))
+    return max(size - DEFAULT_MEMORY_MARGIN_MB, size // 2)
 
 
 def in_lambda(environ: Mapping[str, str] | None = None) -> bool:

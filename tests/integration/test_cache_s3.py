@@ -84,6 +84,8 @@ def traffic(reader_client: Any) -> S3Traffic:
 
 @pytest.fixture
 def cache(reader_client: Any, clock: FakeClock, wall_clock: FakeClock) -> SnapshotCache:
+    # Later versions here are stamped up to T0+2h; readers refuse versions from the future.
+    wall_clock.advance(3 * 3600)
     return SnapshotCache(
         SnapshotReader(S3Store(reader_client, BUCKET, PREFIX)),
         key_column="customer_id",

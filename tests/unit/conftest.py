@@ -40,9 +40,9 @@ class InMemorySource:
     pointer_reads : list of str or None
         The ``if_none_match`` of every ``read_pointer`` call, in order.
     reads : list of str
-        The version of every ``read`` call, in order.
+        The version of every ``read_manifest`` call (the start of every download), in order.
     pointer_error, read_error : Exception or None
-        Raised by the next calls of ``read_pointer`` / ``read`` while set.
+        Raised by the next calls of ``read_pointer`` / ``read_manifest`` while set.
     """
 
     def __init__(self) -> None:
@@ -62,14 +62,17 @@ class InMemorySource:
             raise ObjectNotFoundError("memory://CURRENT does not exist")
         return None if self.pointer.etag == if_none_match else self.pointer
 
-    def read(self, version: str) -> Snapshot:
+    def read_manifest(self, version: str) -> Manifest:
         self.reads.append(version)
         if self.read_error is not None:
             raise self.read_error
         if version not in self.blobs:
             raise ObjectNotFoundError(f"memory://snapshots/{version} does not exist")
-        manifest, body = self.blobs[version]
-        return decode_snapshot(manifest, body)
+        return self.blobs[version][0]
+
+    def read_data(self, manifest: Manifest) -> Snapshot:
+        stored, body = self.blobs[manifest.version]
+        return decode_snapshot(stored, body)
 
     def put(
         self,
