@@ -45,11 +45,17 @@ class SnapshotInvalidError(LoaderError):
         One line saying what is wrong.
     problems : tuple of str, default ()
         One line per failed check, each naming counts and example keys.
+    etag : str, optional
+        The ETag of the rejected object when it is the pointer itself, so a reader can
+        remember it without a parsed pointer.
     """
 
-    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, message: str, problems: tuple[str, ...] = (), *, etag: str | None = None
+    ) -> None:
         super().__init__(message if not problems else f"{message}: {'; '.join(problems)}")
         self.problems = problems
+        self.etag = etag
 
 
 class SnapshotTooLargeError(SnapshotInvalidError):

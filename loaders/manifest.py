@@ -226,12 +226,16 @@ def read_pointer(store: ObjectStore, *, if_none_match: str | None = None) -> Poi
     ObjectNotFoundError
         If nothing has been announced yet.
     SnapshotInvalidError
-        If the pointer is not ``{"version": "<version>"}``.
+        If the pointer is not ``{"version": "<version>", "previous": [...]}``; it carries the
+        pointer's ETag.
     """
     obj = store.get(POINTER_KEY, if_none_match=if_none_match)
     if obj is None:
         return None
-    return Pointer.from_json(obj.body, obj.etag)
+    try:
+        return Pointer.from_json(obj.body, obj.etag)
+    except SnapshotInvalidError as exc:
+        raise SnapshotInvalidError(f"{store.uri}/{POINTER_KEY}: {exc}", etag=obj.etag) from exc
 
 
 def read_manifest(store: ObjectStore, version: str) -> Manifest:

@@ -267,7 +267,7 @@ class SnapshotCache:
             self._log.exception("refresh failed on a bug; serving %s", self.version)
             return CheckOutcome.FAILED
         self._log.error("snapshot rejected; serving %s: %s", self.version, exc)
-        etag = pointer.etag if pointer is not None else getattr(exc, "etag", None)
+        etag = pointer.etag if pointer is not None else getattr(exc, "etag", None)  # bad pointer
         if self._current is None and pointer is not None and pointer.previous:
             return self._fall_back(pointer)
         # Remember the pointer we rejected, so the next check is a cheap 304 until it moves.

@@ -94,7 +94,8 @@ class InMemorySource:
     def announce(self, version: str) -> Pointer:
         """Point ``CURRENT`` at ``version`` with a fresh ETag (as every S3 write gets)."""
         self._writes += 1
-        self.pointer = Pointer(version, f'"etag-{self._writes}"')
+        chain = () if self.pointer is None else self.pointer.succeeded_by(version)
+        self.pointer = Pointer(version, f'"etag-{self._writes}"', chain)
         return self.pointer
 
     def publish(
