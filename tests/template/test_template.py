@@ -210,3 +210,21 @@ def test_builder_runs_one_at_a_time_without_async_retries(output: dict[str, Any]
     assert builder["ReservedConcurrentExecutions"] == 1
     configs = _resources(output, "AWS::Lambda::EventInvokeConfig")
     assert [c["Properties"]["MaximumRetryAttempts"] for c in configs.values()] == [0]
+
+
+def test_lookup_timeout_is_above_every_storage_budget(output: dict[str, Any]) -> None:
+    from service.settings import Settings
+
+    function = output["Resources"]["LookupFunction"]["Properties"]
+    env = {k: v for k, v in function["Environment"]["Variables"].items() if isinstance(v, str)}
+    settings = Settings.from_env({**env, "SNAPSHOT_URI": "s3://bucket/prefix"})
+    storage = settings.storage
+    one_s3_call = storage.max_attempts * (
+        storage.connect_timeout_seconds + storage.read_timeout_seconds
+    )
+
+    # The first answer (a 503 at worst) comes well inside the timeout, and a warm request's
+    # wait stays near 3 s; a single S3 call is bounded too.
+    assert settings.cold_load_wait_seconds + 1 < function["Timeout"] <= 10
+    assert settings.refresh_wait_seconds <= 3
+    assert one_s3_call < function["Timeout"]
