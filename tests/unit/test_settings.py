@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from loaders.store import StorageBudget
 from service.settings import ConfigError, Settings, in_lambda
 
 URI = "s3://snapshots-test/customer-mapping"
@@ -123,3 +124,60 @@ def test_without_an_argument_os_environ_is_read(monkeypatch: pytest.MonkeyPatch)
 def test_in_lambda_follows_the_runtime_variable() -> None:
     assert in_lambda({"AWS_LAMBDA_FUNCTION_NAME": "customer-lookup"})
     assert not in_lambda({})
+
+
+def test_storage_budgets_are_read_from_their_variables() -> None:
+    settings = Settings.from_env(
+        env(
+            S3_CONNECT_TIMEOUT_SECONDS="0.5",
+            S3_READ_TIMEOUT_SECONDS="1.5",
+            S3_MAX_ATTEMPTS="3",
+            REFRESH_WAIT_SECONDS="1",
+            COLD_LOAD_WAIT_SECONDS="4",
+        )
+    )
+
+    assert settings.storage == StorageBudget(0.5, 1.5, 3)
+    assert (settings.refresh_wait_seconds, settings.cold_load_wait_seconds) == (1.0, 4.0)
+
+
+def test_storage_budgets_default_to_bounded_values() -> None:
+    settings = Settings.from_env(env())
+
+    assert settings.storage == StorageBudget(1.0, 2.0, 2)
+    assert (settings.refresh_wait_seconds, settings.cold_load_wait_seconds) == (2.5, 7.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("S3_CONNECT_TIMEOUT_SECONDS", "0"),
+        ("S3_READ_TIMEOUT_SECONDS", "forever"),
+        ("S3_MAX_ATTEMPTS", "0"),
+        ("REFRESH_WAIT_SECONDS", "-1"),
+        ("COLD_LOAD_WAIT_SECONDS", "inf"),
+        ("MEMORY_BUDGET_MB", "lots"),
+    ],
+)
+def test_bad_budget_raises_config_error_naming_it(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(env(**{name: raw}))
+
+
+@pytest.mark.parametrize(
+    ("extra", "budget_mb"),
+    [
+        ({}, None),  # outside Lambda: no budget unless asked for
+        ({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}, 768),
+        ({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256"}, 128),  # never below half the function
+        ({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024", "MEMORY_BUDGET_MB": "500"}, 500),
+        ({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024", "MEMORY_BUDGET_MB": "0"}, None),
+    ],
+)
+def test_memory_budget_defaults_to_the_function_memory_less_a_margin(
+    extra: dict[str, str], budget_mb: int | None
+) -> None:
+    settings = Settings.from_env(env(**extra))
+
+    assert settings.memory_budget_mb == budget_mb
+    assert settings.memory_budget_bytes == (None if budget_mb is None else budget_mb << 20)
