@@ -4,6 +4,10 @@ Pure: no boto3, no ``os``, no clock. Keys are kept as one fixed-width numpy byte
 so a lookup is a binary search; row values are read straight out of the Arrow buffers through
 zero-copy views, so the index adds little memory beyond the table itself. Each column gets a
 reader for one row (single lookups) and one for many rows at once (batches).
+
+Every value is rendered from Arrow's buffers or plain Python values, never through pandas: the
+Lambda package has none, and pyarrow behaves differently when it is installed (nanosecond
+timestamps, for one, only convert to Python objects with pandas).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import base64
 import itertools
 import math
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
@@ -46,7 +51,9 @@ def to_json_value(value: Any) -> Any:
     """Turn one Arrow-produced Python value into something ``json.dumps`` renders faithfully.
 
     Timestamps, dates and times become ISO-8601 strings, decimals become strings (no float
-    rounding), bytes become base64, and NaN/infinity become ``None``.
+    rounding), bytes become base64, and NaN/infinity become ``None``. A Python value does not
+    say whether it came from a map, so maps are rendered by :class:`KeyIndex`, which knows the
+    column's type (see there); here a list of pairs stays a list of ``[key, value]`` lists.
     """
     if value is None or isinstance(value, (str, bool, int)):
         return value
@@ -70,6 +77,37 @@ def to_json_value(value: Any) -> Any:
 class KeyIndex:
     """Sorted-key index over one table.
 
+    Values are answered as JSON-ready Python values, without pandas:
+
+    ========================================  ==================================================
+    Arrow type                                JSON
+    ========================================  ==================================================
+    string, large_string, string_view         string
+    int8 ... int64, uint8 ... uint64          number (exact, also above 2**53)
+    float16, float32, float64                 number; NaN and +/-infinity become null
+    bool                                      true/false
+    decimal                                   string with the exact digits (``"1234.50"``)
+    date32, date64                            ``"2024-02-29"``
+    time32, time64                            ``"13:45:00"``, ``"13:45:00.123456"``
+    timestamp (any unit), no time zone        ``"2024-02-29T13:45:00.123456"``
+    timestamp with a time zone                the same in that zone, with its offset
+                                              (``+00:00`` for UTC; IANA names follow DST)
+    duration                                  seconds as a number
+    binary, large_binary, fixed_size_binary   base64 string
+    uuid (``arrow.uuid``)                     ``"550e8400-e29b-41d4-a716-446655440000"``
+    list, large_list, fixed_size_list, view   array of rendered values
+    struct                                    object of field name to rendered value
+    map with string keys                      object (a repeated key: the last value wins)
+    map with other keys                       array of ``[key, value]`` pairs, in order
+    dictionary                                its value, rendered by the value type
+    other extension types                     their storage values (``arrow.json``: the text)
+    ========================================  ==================================================
+
+    Nanoseconds are truncated to microseconds (the most ``datetime.isoformat`` shows) and seconds
+    and milliseconds are padded to six digits, as ``isoformat`` writes them. A null is ``None`` at
+    any depth. Unions, intervals and run-end encoded columns cannot be served: they are rejected
+    when the index is built, naming the column.
+
     Parameters
     ----------
     table : pa.Table
@@ -80,7 +118,9 @@ class KeyIndex:
     Raises
     ------
     SnapshotInvalidError
-        If the key column is missing, not strings, has nulls, or is not strictly increasing.
+        If the key column is missing, not strings, has nulls, or is not strictly increasing; or
+        a column has a type that cannot be served, or a date, time or timestamp Python cannot
+        represent (such as year 10000), naming the column and its type.
 
     Examples
     --------
@@ -213,6 +253,7 @@ def _plan(table: pa.Table, key_column: str) -> tuple[Step, ...]:
 
     for name in table.column_names:
         array = _single_chunk(table.column(name))
+        _check_column(name, array)
         if name == key_column or not pa.types.is_dictionary(array.type):
             flush()
             plan.append((name, *_getter(array)))
@@ -227,6 +268,38 @@ def _plan(table: pa.Table, key_column: str) -> tuple[Step, ...]:
     return tuple(plan)
 
 
+def unservable_part(kind: pa.DataType) -> pa.DataType | None:
+    """The part of ``kind`` (itself or a nested type) that cannot be served, or ``None``.
+
+    Unions and intervals have no JSON form we could promise to keep (and no Parquet form);
+    run-end encoding never comes out of Parquet.
+    """
+    if pa.types.is_union(kind) or pa.types.is_interval(kind) or pa.types.is_run_end_encoded(kind):
+        return kind
+    if pa.types.is_dictionary(kind):
+        return unservable_part(kind.value_type)
+    if isinstance(kind, pa.ExtensionType):
+        return unservable_part(kind.storage_type)
+    for i in range(kind.num_fields):
+        if (part := unservable_part(kind.field(i).type)) is not None:
+            return part
+    return None
+
+
+def _check_column(name: str, array: pa.Array) -> None:
+    """Reject a column that cannot be served, naming it, before any lookup can meet it."""
+    if (part := unservable_part(array.type)) is not None:
+        raise SnapshotInvalidError(
+            f"column {name!r} of type {array.type} cannot be served: {part} has no JSON form"
+        )
+    try:
+        _check_range(array)
+    except (SnapshotInvalidError, ValueError, OverflowError) as exc:
+        raise SnapshotInvalidError(
+            f"column {name!r} of type {array.type} cannot be served: {exc}"
+        ) from exc
+
+
 def _dictionary_group(run: list[tuple[str, pa.Array]]) -> tuple[Getter, Gather]:
     """One uint16 code per row for several dictionary columns, mapped to ready-made dicts.
 
@@ -234,7 +307,7 @@ def _dictionary_group(run: list[tuple[str, pa.Array]]) -> tuple[Getter, Gather]:
     cache misses on a large table.
     """
     names = [name for name, _ in run]
-    choices = [[to_json_value(v) for v in a.dictionary.to_pylist()] + [None] for _, a in run]
+    choices = [[*_json_values(a.dictionary), None] for _, a in run]
     codes = np.zeros(len(run[0][1]), dtype=np.uint16)
     stride = 1
     for (_, array), values in zip(reversed(run), reversed(choices), strict=True):
@@ -312,8 +385,13 @@ def _getter(array: pa.Array) -> tuple[Getter, Gather]:
         return (lambda i: fixed[i].decode()), (
             lambda where: [b.decode() for b in fixed[where].tolist()]
         )
-    if pa.types.is_timestamp(kind):
-        return _timestamps(array)
+    if pa.types.is_timestamp(kind) or pa.types.is_time(kind):
+        return _ticks(array)
+    if _is_nested(kind):
+        # Rare and slower: each lookup renders a one-row slice, each batch one taken array.
+        return (lambda i: _json_values(array.slice(i, 1))[0]), (
+            lambda where: _json_values(array.take(where))
+        )
     get = _row_getter(array)
     if array.null_count:
         return get, _each(get)
@@ -328,7 +406,7 @@ def _row_getter(array: pa.Array) -> Getter:
     kind = array.type
     offset = array.offset
     if pa.types.is_dictionary(kind):
-        values = [to_json_value(v) for v in array.dictionary.to_pylist()]
+        values = _json_values(array.dictionary)
         indices = _view(array.indices)
         return _with_nulls(array, lambda i: values[indices[i]])
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
@@ -351,8 +429,9 @@ def _row_getter(array: pa.Array) -> Getter:
     if pa.types.is_date32(kind):
         days = _view(array.view(pa.int32()))
         return _with_nulls(array, lambda i: (_EPOCH_DATE + timedelta(days=days[i])).isoformat())
-    # Anything rarer (decimals, lists, structs, ...) goes through Arrow's own conversion.
-    return lambda i: to_json_value(array[i].as_py())
+    # Anything rarer (decimals, binaries, dates in milliseconds, ...) goes through the generic
+    # renderer, one slot at a time.
+    return lambda i: _json_values(array.slice(i, 1))[0]
 
 
 def _view(array: pa.Array) -> Sequence[Any]:
@@ -384,16 +463,212 @@ def _zone(name: str) -> tzinfo:
         raise SnapshotInvalidError(f"unknown time zone {name!r}") from exc
 
 
-def _timestamps(array: pa.Array) -> tuple[Getter, Gather]:
-    """Readers of a timestamp column as ISO-8601 text, as ``datetime.isoformat`` writes it."""
-    pc.min_max(array).as_py()  # out-of-range values fail here, at load, not in a lookup
-    render = _timestamp_renderer(array.type)
-    ticks = _view(array.view(pa.int64()))
+def _ticks(array: pa.Array) -> tuple[Getter, Gather]:
+    """Readers of a timestamp or time column as ISO-8601 text, as ``isoformat`` writes it.
+
+    The raw integer ticks are read and rendered by hand: converting them through Arrow's
+    ``as_py`` needs pandas for nanoseconds. :func:`_check_range` has already rendered the
+    smallest and largest value, so a lookup cannot meet one Python cannot represent.
+    """
+    render = _renderer(array.type)
+    as_int = _tick_type(array.type)
+    ticks = _view(array.view(as_int))
     get = _with_nulls(array, lambda i: render(ticks[i]))
     if array.null_count:
         return get, _each(get)
-    all_ticks = array.view(pa.int64()).to_numpy()
+    all_ticks = array.view(as_int).to_numpy()
     return get, lambda where: [render(t) for t in all_ticks[where].tolist()]
+
+
+def _is_ticks(kind: pa.DataType) -> bool:
+    """Whether ``kind`` stores integer ticks we render by hand (and range-check at load)."""
+    return (
+        pa.types.is_timestamp(kind)
+        or pa.types.is_date(kind)
+        or pa.types.is_time(kind)
+        or pa.types.is_duration(kind)
+    )
+
+
+def _tick_type(kind: pa.DataType) -> pa.DataType:
+    return pa.int32() if kind.bit_width == 32 else pa.int64()
+
+
+def _renderer(kind: pa.DataType) -> Callable[[int], Any]:
+    """The JSON-ready value of one raw tick of a date, time, timestamp or duration type."""
+    if pa.types.is_timestamp(kind):
+        return _timestamp_renderer(kind)
+    if pa.types.is_date32(kind):
+        return lambda day: (_EPOCH_DATE + timedelta(days=day)).isoformat()
+    if pa.types.is_date64(kind):
+        return lambda ms: (_EPOCH_DATE + timedelta(days=ms // 86_400_000)).isoformat()
+    per_unit = _MICROS_PER_UNIT[kind.unit]
+    if pa.types.is_duration(kind):
+        return lambda tick: timedelta(
+            microseconds=tick * per_unit if per_unit else tick // 1000
+        ).total_seconds()
+    return _time_renderer(kind.unit)
+
+
+def _time_renderer(unit: str) -> Callable[[int], str]:
+    """ISO text of one time-of-day tick, as ``time.isoformat`` writes it (nanoseconds cut)."""
+    per_unit = _MICROS_PER_UNIT[unit]
+
+    def render(tick: int) -> str:
+        micros = tick * per_unit if per_unit else tick // 1000
+        if not 0 <= micros < 86_400_000_000:
+            raise ValueError(f"time of day {tick} ({unit}) is outside 00:00-24:00")
+        seconds, fraction = divmod(micros, 1_000_000)
+        text = _CLOCK_MINUTES[seconds // 60][1:] + _CLOCK_SECONDS[seconds % 60]
+        return f"{text}.{fraction:06d}" if fraction else text
+
+    return render
+
+
+def _check_range(array: pa.Array) -> None:
+    """Render the smallest and largest tick of every date, time and timestamp in ``array``.
+
+    A value Python cannot represent (year 10000, a time of day past midnight) then fails when
+    the index is built, not in a lookup.
+    """
+    kind = array.type
+    if _is_ticks(kind):
+        extremes = pc.min_max(array.view(_tick_type(kind))).as_py()
+        render = _renderer(kind)
+        for tick in (extremes["min"], extremes["max"]):
+            if tick is not None:
+                render(tick)
+        return
+    for child in _children(array):
+        _check_range(child)
+
+
+def _children(array: pa.Array) -> list[pa.Array]:
+    """The arrays nested in ``array`` (values of its valid slots where it has slots)."""
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        return [array.dictionary]
+    if isinstance(kind, pa.ExtensionType):
+        return [array.storage]
+    if pa.types.is_struct(kind):
+        return list(array.flatten())
+    if _is_list(kind):
+        child, _, _ = _slots(array)
+        return [child]
+    return []
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(kind)
+        or pa.types.is_large_list(kind)
+        or pa.types.is_fixed_size_list(kind)
+        or pa.types.is_list_view(kind)
+        or pa.types.is_large_list_view(kind)
+        or pa.types.is_map(kind)
+    )
+
+
+def _is_nested(kind: pa.DataType) -> bool:
+    return _is_list(kind) or pa.types.is_struct(kind) or isinstance(kind, pa.ExtensionType)
+
+
+def _slots(array: pa.Array) -> tuple[pa.Array, list[int], list[int]]:
+    """A list-like array's child values, and where each slot starts and ends in them.
+
+    The child is cut to the span of the valid slots, and the bounds are relative to that cut,
+    so the values behind a slice or a null slot are never rendered.
+    """
+    kind = array.type
+    if pa.types.is_fixed_size_list(kind):
+        size = kind.list_size
+        starts = (np.arange(len(array)) + array.offset) * size
+        ends = starts + size
+    elif pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
+        starts = array.offsets.to_numpy(zero_copy_only=False)
+        ends = starts + array.sizes.to_numpy(zero_copy_only=False)
+    else:  # list, large_list and map: n + 1 offsets, already moved to the slice
+        offsets = array.offsets.to_numpy(zero_copy_only=False)
+        starts, ends = offsets[:-1], offsets[1:]
+    if array.null_count:
+        valid = array.is_valid().to_numpy(zero_copy_only=False)
+        starts, ends = np.where(valid, starts, 0), np.where(valid, ends, 0)
+    spans = ends > starts
+    if not spans.any():
+        return array.values.slice(0, 0), [0] * len(array), [0] * len(array)
+    low, high = int(starts[spans].min()), int(ends[spans].max())
+    starts, ends = np.where(spans, starts - low, 0), np.where(spans, ends - low, 0)
+    return array.values.slice(low, high - low), starts.tolist(), ends.tolist()
+
+
+def _json_values(array: pa.Array) -> list[Any]:
+    """The JSON-ready value of every slot of ``array``, of any servable type, at any depth.
+
+    Column at a time: each child array is rendered once, then cut back into its slots.
+    """
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        values = _json_values(array.dictionary)
+        return [None if j is None else values[j] for j in array.indices.to_pylist()]
+    if isinstance(kind, pa.ExtensionType):
+        if kind.extension_name == "arrow.uuid":
+            return [
+                None if b is None else str(uuid.UUID(bytes=b)) for b in array.storage.to_pylist()
+            ]
+        return _json_values(array.storage)
+    if _is_ticks(kind):
+        render = _renderer(kind)
+        return [None if t is None else render(t) for t in array.view(_tick_type(kind)).to_pylist()]
+    if pa.types.is_struct(kind):
+        return _struct_values(array)
+    if _is_list(kind):
+        return _list_values(array)
+    if pa.types.is_floating(kind) and kind.bit_width == 16:
+        array = array.cast(pa.float64())
+    return [to_json_value(v) for v in array.to_pylist()]
+
+
+def _struct_values(array: pa.Array) -> list[Any]:
+    kind = array.type
+    names = [kind.field(i).name for i in range(kind.num_fields)]
+    fields = [_json_values(child) for child in array.flatten()]
+    rows = list(zip(*fields, strict=True)) if fields else [()] * len(array)
+    valid = array.is_valid().to_pylist()
+    return [
+        dict(zip(names, row, strict=True)) if ok else None
+        for ok, row in zip(valid, rows, strict=True)
+    ]
+
+
+def _list_values(array: pa.Array) -> list[Any]:
+    child, starts, ends = _slots(array)
+    valid = array.is_valid().to_pylist()
+    if not pa.types.is_map(array.type):
+        values = _json_values(child)
+        return [
+            values[start:end] if ok else None
+            for ok, start, end in zip(valid, starts, ends, strict=True)
+        ]
+    keys, items = (_json_values(part) for part in child.flatten())
+    key_type = array.type.key_type
+    if pa.types.is_dictionary(key_type):
+        key_type = key_type.value_type
+    if _is_text(key_type):
+        # JSON objects have string keys: a map keyed by text is the object a reader expects.
+        return [
+            dict(zip(keys[start:end], items[start:end], strict=True)) if ok else None
+            for ok, start, end in zip(valid, starts, ends, strict=True)
+        ]
+    return [
+        [[k, v] for k, v in zip(keys[start:end], items[start:end], strict=True)] if ok else None
+        for ok, start, end in zip(valid, starts, ends, strict=True)
+    ]
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    )
 
 
 def _timestamp_renderer(kind: pa.TimestampType) -> Callable[[int], str]:

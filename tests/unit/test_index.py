@@ -352,3 +352,221 @@ def test_index_finds_every_present_key_and_no_absent_one(
     near_misses = [m for k in keys for m in (k[:-1], k + "_", "-" + k, k[1:])]
     absent = {p for p in [*probes, *near_misses] if p not in present}
     assert [p for p in absent if index.get(p) is not None] == []
+
+
+# --- value rendering: times, nested types, extension types ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "ticks", "expected"),
+    [
+        (pa.time32("s"), [0, None, 86_399], ["00:00:00", None, "23:59:59"]),
+        (pa.time32("ms"), [1, None, 3_661_500], ["00:00:00.001000", None, "01:01:01.500000"]),
+        (pa.time64("us"), [1, None, 86_399_999_999], ["00:00:00.000001", None, "23:59:59.999999"]),
+        (
+            pa.time64("ns"),
+            [999, None, 3_661_123_456_789],
+            ["00:00:00", None, "01:01:01.123456"],
+        ),
+    ],
+    ids=str,
+)
+def test_times_render_as_iso_time_of_day(
+    kind: pa.DataType, ticks: list[int | None], expected: list[object]
+) -> None:
+    values = pa.array(ticks, pa.int32() if kind.bit_width == 32 else pa.int64()).view(kind)
+
+    assert rendered(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("tz", "expected"),
+    [
+        (None, "2023-11-14T22:13:20.123456"),
+        ("UTC", "2023-11-14T22:13:20.123456+00:00"),
+        ("+05:30", "2023-11-15T03:43:20.123456+05:30"),
+        ("Europe/Berlin", "2023-11-14T23:13:20.123456+01:00"),
+    ],
+    ids=str,
+)
+def test_nanosecond_timestamps_that_are_not_whole_microseconds_are_truncated(
+    tz: str | None, expected: str
+) -> None:
+    values = pa.array([1_700_000_000_123_456_789, None], pa.timestamp("ns", tz=tz))
+
+    assert rendered(values) == [expected, None]
+
+
+def test_date64_renders_as_iso_date() -> None:
+    values = pa.array([date(2024, 2, 29), None, date(1969, 12, 31)], pa.date64())
+
+    assert rendered(values) == ["2024-02-29", None, "1969-12-31"]
+
+
+@pytest.mark.parametrize(
+    "kind", [pa.binary(), pa.large_binary(), pa.binary(2), pa.binary_view()], ids=str
+)
+def test_binaries_render_as_base64(kind: pa.DataType) -> None:
+    assert rendered(pa.array([b"\x00\xff", None, b"ab"], kind)) == ["AP8=", None, "YWI="]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [pa.list_(pa.int64()), pa.large_list(pa.int64()), pa.list_view(pa.int64())],
+    ids=["list", "large_list", "list_view"],
+)
+def test_lists_render_as_arrays_with_nulls_at_each_level(kind: pa.DataType) -> None:
+    values = pa.array([[1, None], None, [], [2**63 - 1]], kind)
+
+    assert rendered(values) == [[1, None], None, [], [2**63 - 1]]
+
+
+def test_fixed_size_lists_render_as_arrays() -> None:
+    values = pa.array([[1, 2], None, [None, 4]], pa.list_(pa.int16(), 2))
+
+    assert rendered(values) == [[1, 2], None, [None, 4]]
+
+
+def test_structs_render_as_objects_and_a_null_struct_as_none() -> None:
+    kind = pa.struct([("n", pa.int32()), ("tags", pa.list_(pa.string()))])
+    values = pa.array([{"n": 1, "tags": ["a"]}, None, {"n": None, "tags": None}], kind)
+
+    assert rendered(values) == [{"n": 1, "tags": ["a"]}, None, {"n": None, "tags": None}]
+
+
+def test_map_with_string_keys_renders_as_an_object() -> None:
+    kind = pa.map_(pa.string(), pa.float64())
+    values = pa.array([[("a", 1.5), ("b", None)], None, [], [("c", float("nan"))]], kind)
+
+    assert rendered(values) == [{"a": 1.5, "b": None}, None, {}, {"c": None}]
+
+
+def test_map_with_other_keys_renders_as_key_value_pairs_in_order() -> None:
+    kind = pa.map_(pa.int64(), pa.string())
+    values = pa.array([[(2, "b"), (1, "a")], None, []], kind)
+
+    assert rendered(values) == [[[2, "b"], [1, "a"]], None, []]
+
+
+def test_map_with_a_repeated_string_key_keeps_the_last_value() -> None:
+    values = pa.array([[("a", 1), ("a", 2)]], pa.map_(pa.string(), pa.int64()))
+
+    assert rendered(values) == [{"a": 2}]
+
+
+def test_nested_values_render_like_top_level_ones() -> None:
+    kind = pa.list_(
+        pa.struct(
+            [
+                ("at", pa.timestamp("ns", tz="UTC")),
+                ("day", pa.date32()),
+                ("amount", pa.decimal128(6, 2)),
+                ("raw", pa.binary()),
+                ("attrs", pa.map_(pa.string(), pa.list_(pa.time64("us")))),
+            ]
+        )
+    )
+    row = {
+        "at": 1_700_000_000_123_456_789,
+        "day": date(2024, 2, 29),
+        "amount": Decimal("-1.50"),
+        "raw": b"\x00",
+        "attrs": [("t", [3_600_000_000, None])],
+    }
+    values = pa.array([[row, None], None], kind)
+
+    assert rendered(values) == [
+        [
+            {
+                "at": "2023-11-14T22:13:20.123456+00:00",
+                "day": "2024-02-29",
+                "amount": "-1.50",
+                "raw": "AA==",
+                "attrs": {"t": ["01:00:00", None]},
+            },
+            None,
+        ],
+        None,
+    ]
+
+
+def test_uuid_renders_in_canonical_form() -> None:
+    storage = pa.array([bytes(range(16)), None], pa.binary(16))
+
+    values = pa.ExtensionArray.from_storage(pa.uuid(), storage)
+
+    assert rendered(values) == ["00010203-0405-0607-0809-0a0b0c0d0e0f", None]
+
+
+def test_json_extension_renders_as_its_text() -> None:
+    values = pa.ExtensionArray.from_storage(pa.json_(), pa.array(['{"a": 1}', None]))
+
+    assert rendered(values) == ['{"a": 1}', None]
+
+
+def test_null_column_renders_as_none() -> None:
+    assert rendered(pa.nulls(2)) == [None, None]
+
+
+def test_get_many_renders_nested_columns_like_get() -> None:
+    table = keyed(
+        ["a", "b", "c"],
+        m=pa.array([[("x", 1)], None, []], pa.map_(pa.string(), pa.int8())),
+        s=pa.array([{"t": 0}, {"t": None}, None], pa.struct([("t", pa.timestamp("ns"))])),
+    )
+    index = KeyIndex(table, "k")
+
+    found, _ = index.get_many(["c", "a", "b", "a"])
+
+    assert found == [index.get(k) for k in ["c", "a", "b", "a"]]
+
+
+def test_sliced_nested_columns_read_the_values_of_their_own_rows() -> None:
+    values = pa.array([[1], [2, 3], None, [4]], pa.list_(pa.int64()))
+    sliced = keyed(["a", "b", "c", "d"], v=values).slice(1, 3)
+
+    index = KeyIndex(sliced, "k")
+
+    assert [index.get(k)["v"] for k in ("b", "c", "d")] == [[2, 3], None, [4]]
+
+
+# --- columns that cannot be served ---------------------------------------------------------
+
+
+UNION = pa.UnionArray.from_sparse(
+    pa.array([0, 1], pa.int8()), [pa.array([1, 2]), pa.array(["a", "b"])]
+)
+INTERVAL = pa.array([pa.MonthDayNano([1, 2, 3]), None], pa.month_day_nano_interval())
+
+
+@pytest.mark.parametrize(
+    "values",
+    [UNION, INTERVAL, pa.array([[pa.MonthDayNano([1, 2, 3])], None])],
+    ids=["union", "interval", "list-of-interval"],
+)
+def test_a_type_without_a_json_form_is_rejected_naming_the_column(values: pa.Array) -> None:
+    with pytest.raises(SnapshotInvalidError, match=r"column 'v' of type .* cannot be served"):
+        KeyIndex(keyed(["a", "b"], v=values), "k")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pa.array([0, 253_402_300_800], pa.timestamp("s")),
+        pa.array([0, 253_402_300_800], pa.timestamp("s", tz="Asia/Tokyo")),
+        pa.array([0, 3_000_000], pa.int32()).view(pa.date32()),
+        pa.array([0, 90_000], pa.int32()).view(pa.time32("s")),
+        pa.array([[0], [253_402_300_800]], pa.list_(pa.timestamp("s"))),
+    ],
+    ids=["timestamp", "zoned-timestamp", "date", "time", "nested-timestamp"],
+)
+def test_a_value_python_cannot_represent_is_rejected_at_load(values: pa.Array) -> None:
+    with pytest.raises(SnapshotInvalidError, match=r"column 'v' of type .* cannot be served"):
+        KeyIndex(keyed(["a", "b"], v=values), "k")
+
+
+def test_unknown_time_zone_is_rejected_naming_the_column() -> None:
+    values = pa.array([0, 1], pa.timestamp("s", tz="Mars/Olympus"))
+
+    with pytest.raises(SnapshotInvalidError, match=r"column 'v'.*unknown time zone 'Mars/Olympus'"):
+        KeyIndex(keyed(["a", "b"], v=values), "k")
