@@ -1,11 +1,13 @@
 """The builder: query -> validate -> write snapshot -> announce. Lambda entry ``handler``.
 
 After Hollow's producer: the engine, the store and the clock are injected, every validator
-must pass before anything is written, and the pointer moves last, by compare-and-swap.
+must pass before anything is written, and the pointer moves last, by compare-and-swap. A
+version is stamped when its query starts, so the build that read the freshest data wins.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import logging
@@ -22,12 +24,14 @@ from loaders.manifest import (
     Manifest,
     new_version,
     read_manifest,
+    snapshot_key,
     try_read_pointer,
+    utc_text,
 )
-from loaders.publish import publish_table
-from loaders.settings import BuildSettings
+from loaders.publish import Published, check_clock, publish_table
+from loaders.settings import DEFAULT_STORAGE, BuildSettings
 from loaders.snapshot import read_snapshot
-from loaders.store import ObjectStore, open_store, parse_uri
+from loaders.store import ClockedStore, StorageBudget, make_s3_client, open_store, parse_uri
 from loaders.validate import Changes, Rules, diff, validate
 
 if TYPE_CHECKING:
@@ -37,21 +41,50 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
+class Outcome(enum.StrEnum):
+    """How a build ended, when it did not raise.
+
+    Each outcome has a log level (:data:`LOG_LEVELS`) and a ``snapshotctl build`` exit status
+    (``loaders.cli.EXIT_STATUS``); a new outcome needs both. Issue 9 adds ``rejected``,
+    ``failed``, ``unchanged`` and ``pinned``.
+    """
+
+    ANNOUNCED = "announced"
+    """The new version is published and ``CURRENT`` names it."""
+    SUPERSEDED = "superseded"
+    """The new version is published, but one whose query started later stands in ``CURRENT``;
+    it was not announced."""
+
+
+LOG_LEVELS: dict[Outcome, int] = {
+    Outcome.ANNOUNCED: logging.INFO,
+    Outcome.SUPERSEDED: logging.WARNING,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class BuildResult:
     """What one build did."""
 
     manifest: Manifest
-    announced: bool
+    outcome: Outcome
     current: str
     changes: Changes
     seconds: dict[str, float]
 
+    @property
+    def announced(self) -> bool:
+        """Whether ``CURRENT`` names this build's version."""
+        return self.outcome is Outcome.ANNOUNCED
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "outcome": self.outcome.value,
             "version": self.manifest.version,
             "announced": self.announced,
             "current": self.current,
+            "query_started_at": utc_text(self.manifest.query_started_at),
+            "published_at": utc_text(self.manifest.published_at),
             "rows": self.manifest.row_count,
             "bytes": self.manifest.bytes,
             "changes": {k: v for k, v in self.changes.to_dict().items() if k != "examples"},
@@ -59,27 +92,40 @@ class BuildResult:
         }
 
 
-def _previous(store: ObjectStore, progress: Progress) -> tuple[Manifest | None, pa.Table | None]:
-    pointer = try_read_pointer(store)
-    if pointer is None:
-        return None, None
-    progress(f"previous version {pointer.version}: downloading for the change report")
+@dataclass(frozen=True, slots=True)
+class _Base:
+    """A version a build is compared with, and as much of it as could be read."""
+
+    version: str | None
+    manifest: Manifest | None = None
+    table: pa.Table | None = None
+
+
+def _base(store: ClockedStore, version: str | None, progress: Progress) -> _Base:
+    if version is None:
+        return _Base(None)
+    progress(f"version {version}: downloading for the change report")
     try:
-        snapshot = read_snapshot(store, pointer.version)
+        snapshot = read_snapshot(store, version)
     except LoaderError as exc:
-        # A broken previous snapshot must not block a good new one; its manifest may still
+        # A broken earlier snapshot must not block a good new one; its manifest may still
         # carry the row count for the change check.
-        logger.warning("previous snapshot %s unreadable: %s", pointer.version, exc)
+        logger.warning("snapshot %s unreadable: %s", version, exc)
         try:
-            return read_manifest(store, pointer.version), None
+            return _Base(version, read_manifest(store, version))
         except LoaderError:
-            return None, None
-    return snapshot.manifest, snapshot.table
+            return _Base(version)
+    return _Base(version, snapshot.manifest, snapshot.table)
+
+
+def _current_version(store: ClockedStore) -> str | None:
+    pointer = try_read_pointer(store)
+    return None if pointer is None else pointer.version
 
 
 def build(
     engine: QueryEngine,
-    store: ObjectStore,
+    store: ClockedStore,
     sql: str,
     rules: Rules,
     *,
@@ -89,12 +135,22 @@ def build(
 ) -> BuildResult:
     """Run ``sql``, validate the rows, publish them, and announce the new version.
 
+    The version is stamped with ``now()`` as the query starts: its data cutoff. ``now()`` is
+    read again for the manifest's ``published_at``.
+
+    Returns
+    -------
+    BuildResult
+        Its ``outcome`` is ``announced``, or ``superseded`` when a version whose query started
+        later stands in ``CURRENT``.
+
     Raises
     ------
     QueryFailedError
         If the engine fails; nothing is written.
     SnapshotInvalidError
-        If validation rejects the rows; nothing is written and the pointer stays.
+        If validation rejects the rows, or ``now()`` is more than ``MAX_CLOCK_SKEW_SECONDS``
+        ahead of the store's clock; nothing is written and the pointer stays.
     """
     say = progress or (lambda message: logger.info(message))
     seconds: dict[str, float] = {}
@@ -104,9 +160,12 @@ def build(
         say(f"{name} done in {seconds[name]:.2f}s")
 
     started = time.perf_counter()
-    previous, previous_table = _previous(store, say)
+    base = _base(store, _current_version(store), say)
     step("previous", started)
 
+    query_started_at = now()
+    # Before the query: a skewed clock then costs no query and leaves no files behind.
+    check_clock(query_started_at, store.now())
     started = time.perf_counter()
     say(f"query running on {engine.name}")
     table = engine.run(sql, progress=say)
@@ -114,13 +173,7 @@ def build(
 
     started = time.perf_counter()
     say(f"validating {table.num_rows:,} rows")
-    table = validate(table, rules, previous)
-    changes = diff(
-        table,
-        previous_table,
-        key_column=rules.key_column,
-        previous_version=previous.version if previous else None,
-    )
+    table = validate(table, rules, base.manifest)
     step("validate", started)
 
     started = time.perf_counter()
@@ -129,12 +182,47 @@ def build(
         store,
         table,
         key_column=rules.key_column,
-        now=now(),
+        now=query_started_at,
+        published_at=now(),
+        store_clock=store.now,
         source={"engine": engine.name, **(source or {})},
-        extra_files={CHANGES_NAME: json.dumps(changes.to_dict(), indent=2).encode()},
     )
     step("publish", started)
-    return BuildResult(published.manifest, published.announced, published.current, changes, seconds)
+
+    started = time.perf_counter()
+    changes = _report_changes(store, table, published, base, rules.key_column, say)
+    step("changes", started)
+    outcome = Outcome.ANNOUNCED if published.announced else Outcome.SUPERSEDED
+    return BuildResult(published.manifest, outcome, published.current, changes, seconds)
+
+
+def _report_changes(
+    store: ClockedStore,
+    table: pa.Table,
+    published: Published,
+    base: _Base,
+    key_column: str,
+    progress: Progress,
+) -> Changes:
+    """Diff against the version the announce replaced, and save that as ``changes.json``.
+
+    The replaced version is re-read only when another builder announced it after this build
+    read ``base``. A superseded version replaced nothing: its changes are against ``base`` and
+    are not saved. Readers never need ``changes.json``, so it may follow the pointer.
+    """
+    if published.announced and published.replaced != base.version:
+        progress(f"{published.replaced} was announced meanwhile; the change report is against it")
+        base = _base(store, published.replaced, progress)
+    changes = diff(table, base.table, key_column=key_column, previous_version=base.version)
+    if published.announced:
+        key = snapshot_key(published.manifest.version, CHANGES_NAME)
+        body = json.dumps(changes.to_dict(), indent=2).encode()
+        try:
+            store.put(key, body, if_none_match="*")
+        except LoaderError as exc:
+            # The version is announced already; a missing report must not fail the build.
+            logger.warning("change report for %s not saved: %s", published.manifest.version, exc)
+    return changes
 
 
 def rules_from(settings: BuildSettings, *, allow_row_change: bool = False) -> Rules:
@@ -157,11 +245,16 @@ def make_engine(settings: BuildSettings, *, sleep: Callable[[float], None] = tim
     from botocore.config import Config
 
     # Standard mode retries throttling (Athena's TooManyRequestsException) with jittered backoff;
-    # total_max_attempts counts the first try too.
-    retries = Config(retries={"mode": "standard", "total_max_attempts": 6})
+    # total_max_attempts counts the first try too. Explicit timeouts: botocore's 60 s defaults
+    # would let one hung call eat the function's whole budget.
+    athena_config = Config(
+        connect_timeout=settings.athena_connect_timeout_seconds,
+        read_timeout=settings.athena_read_timeout_seconds,
+        retries={"mode": "standard", "total_max_attempts": settings.athena_max_attempts},
+    )
     return AthenaEngine(
-        boto3.client("athena", config=retries),
-        boto3.client("s3", config=retries),
+        boto3.client("athena", config=athena_config),
+        make_s3_client(settings.storage),
         workgroup=settings.workgroup,
         database=settings.database,
         staging_uri=settings.staging_uri or "",
@@ -170,12 +263,10 @@ def make_engine(settings: BuildSettings, *, sleep: Callable[[float], None] = tim
     )
 
 
-def make_store(uri: str) -> ObjectStore:
-    """The store a root URI names, with a boto3 S3 client for ``s3://``."""
+def make_store(uri: str, budget: StorageBudget = DEFAULT_STORAGE) -> ClockedStore:
+    """The store a root URI names, with an S3 client bound by ``budget`` for ``s3://``."""
     if parse_uri(uri)[0] == "s3":
-        import boto3
-
-        return open_store(uri, s3_client=boto3.client("s3"))
+        return open_store(uri, s3_client=make_s3_client(budget))
     return open_store(uri)
 
 
@@ -198,7 +289,7 @@ def without_examples(problem: str) -> str:
 
 
 def report_rejection(
-    exc: SnapshotInvalidError, store: ObjectStore, now: datetime
+    exc: SnapshotInvalidError, store: ClockedStore, now: datetime
 ) -> BuildRejectedError:
     """Save the full rejection report (with example keys) to ``store`` and return an error
     whose message has counts only, for logs and for Lambda's error output."""
@@ -217,8 +308,9 @@ def report_rejection(
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Lambda entry ``loaders.build.handler``: one scheduled build from the environment.
 
-    A rejected or failed build raises, so the invocation counts as an error and alarms fire;
-    the pointer is untouched in that case.
+    Returns the build's summary, whose ``outcome`` says whether it was announced or
+    superseded (logged as a warning). A rejected or failed build raises, so the invocation
+    counts as an error and alarms fire; the pointer is untouched in that case.
     """
     _structured_logging()
     settings = BuildSettings.from_env()
@@ -226,14 +318,14 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:
         result = build(
             make_engine(settings),
-            make_store(settings.snapshot_uri),
+            make_store(settings.snapshot_uri, settings.storage),
             settings.sql,
             rules_from(settings, allow_row_change=allow),
             source={"workgroup": settings.workgroup, "database": settings.database},
         )
     except SnapshotInvalidError as exc:
         # The report names example keys: it goes to the staging prefix, not to the logs.
-        staging = make_store(settings.staging_uri or settings.snapshot_uri)
+        staging = make_store(settings.staging_uri or settings.snapshot_uri, settings.storage)
         rejected = report_rejection(exc, staging, datetime.now(UTC))
         logger.error("%s; the pointer was not moved", rejected)
         raise rejected from None
@@ -241,5 +333,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.exception("build failed; the pointer was not moved")
         raise
     summary = result.to_dict()
-    logger.info("build published %s", summary["version"], extra={"build": summary})
+    logger.log(
+        LOG_LEVELS[result.outcome],
+        "build %s: %s; CURRENT names %s",
+        result.outcome.value,
+        summary["version"],
+        summary["current"],
+        extra={"build": summary},
+    )
     return summary

@@ -5,7 +5,12 @@
     snapshotctl list --root s3://bucket/prefix
     snapshotctl show 20261123T180102Z-0a1b2c3d --root s3://bucket/prefix
 
-Exits non-zero with a one-line reason on any rejection or failure.
+Exit status of build (list and show exit 0, 1 or 2):
+
+    0  announced: the new version is published and CURRENT names it
+    1  rejected or failed: CURRENT was not moved; a one-line reason is on stderr
+    2  usage: bad options
+    3  superseded: published, but a version whose query started later stands in CURRENT
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from loaders.build import build, make_engine, make_store, rules_from
+from loaders.build import Outcome, build, make_engine, make_store, rules_from
 from loaders.errors import LoaderError, ObjectNotFoundError
 from loaders.manifest import (
     CHANGES_NAME,
@@ -27,7 +32,14 @@ from loaders.manifest import (
     snapshot_key,
     try_read_pointer,
 )
-from loaders.settings import BuildConfigError, BuildSettings
+from loaders.settings import BuildConfigError, BuildSettings, storage_from_env
+
+EXIT_FAILURE = 1  # rejected or failed; argparse exits 2 on bad options
+# One exit status per build outcome; every Outcome needs one.
+EXIT_STATUS: dict[Outcome, int] = {
+    Outcome.ANNOUNCED: 0,
+    Outcome.SUPERSEDED: 3,
+}
 
 
 class TerminalProgress:
@@ -81,21 +93,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     result = build(
         make_engine(settings),
-        make_store(settings.snapshot_uri),
+        make_store(settings.snapshot_uri, settings.storage),
         settings.sql,
         rules_from(settings, allow_row_change=args.allow_row_change),
         progress=TerminalProgress(),
         source={"sql_file": str(args.sql) if args.sql else None},
     )
     print(json.dumps(result.to_dict(), indent=2))
-    if not result.announced:
-        print(f"published {result.manifest.version} but {result.current} is newer; not announced",
-              file=sys.stderr)  # fmt: skip
-    return 0
+    if result.outcome is Outcome.SUPERSEDED:
+        print(f"superseded: published {result.manifest.version}, but {result.current}, whose "
+              "query started later, stands in CURRENT; not announced", file=sys.stderr)  # fmt: skip
+    return EXIT_STATUS[result.outcome]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = make_store(args.root)
+    store = make_store(args.root, storage_from_env())
     pointer = try_read_pointer(store)
     versions = [v for v in store.list_prefixes(SNAPSHOTS_PREFIX) if VERSION_PATTERN.fullmatch(v)]
     for version in versions:
@@ -114,7 +126,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = make_store(args.root)
+    store = make_store(args.root, storage_from_env())
     manifest = json.loads(read_manifest(store, args.version).to_json())
     try:
         manifest["changes"] = json.loads(store.read(snapshot_key(args.version, CHANGES_NAME)))
@@ -126,11 +138,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_status_help() -> str:
+    """The exit-status table of the module docstring, for ``--help``."""
+    return "exit status" + __doc__.partition("Exit status")[2]
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="snapshotctl", description=__doc__.splitlines()[0])
+    top = argparse.ArgumentParser(
+        prog="snapshotctl",
+        description=__doc__.splitlines()[0],
+        epilog=_exit_status_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = top.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build", help="run the query, validate, publish and announce")
+    b = sub.add_parser(
+        "build",
+        help="run the query, validate, publish and announce",
+        description="Run the query, validate the rows, publish them and announce the version.",
+        epilog=_exit_status_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     b.add_argument("--engine", choices=("duckdb", "athena"))
     b.add_argument("--sql", type=Path, help="file with one SELECT (or QUERY_SQL/QUERY_FILE)")
     b.add_argument("--to", help="snapshot root: file:///abs/path or s3://bucket/prefix")
@@ -166,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except (LoaderError, BuildConfigError, ValueError, OSError) as exc:
         reason = " ".join(str(exc).split())
         print(f"snapshotctl {args.command}: {type(exc).__name__}: {reason}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

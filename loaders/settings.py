@@ -6,10 +6,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loaders.manifest import Column
-from loaders.store import parse_uri
+from loaders.store import StorageBudget, parse_uri
 from loaders.validate import DEFAULT_MAX_ROW_CHANGE, parse_contract
 
 if TYPE_CHECKING:
@@ -17,6 +17,17 @@ if TYPE_CHECKING:
 
 ENGINES = ("athena", "duckdb")
 DEFAULT_DEADLINE_SECONDS = 900.0
+# One S3 or Athena call may take at most attempts x (connect + read); the builder has minutes,
+# not the lookup's seconds, but never botocore's 60 s defaults with open-ended retries.
+DEFAULT_S3_CONNECT_TIMEOUT_SECONDS = 5.0
+DEFAULT_S3_READ_TIMEOUT_SECONDS = 30.0
+DEFAULT_S3_MAX_ATTEMPTS = 5
+DEFAULT_STORAGE = StorageBudget(
+    DEFAULT_S3_CONNECT_TIMEOUT_SECONDS, DEFAULT_S3_READ_TIMEOUT_SECONDS, DEFAULT_S3_MAX_ATTEMPTS
+)
+DEFAULT_ATHENA_CONNECT_TIMEOUT_SECONDS = 5.0
+DEFAULT_ATHENA_READ_TIMEOUT_SECONDS = 30.0
+DEFAULT_ATHENA_MAX_ATTEMPTS = 6  # throttling is common; standard mode backs off between tries
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -40,6 +51,10 @@ class BuildSettings:
     max_row_change: float = DEFAULT_MAX_ROW_CHANGE
     contract: tuple[Column, ...] = ()
     tables: tuple[tuple[str, str], ...] = ()
+    storage: StorageBudget = DEFAULT_STORAGE
+    athena_connect_timeout_seconds: float = DEFAULT_ATHENA_CONNECT_TIMEOUT_SECONDS
+    athena_read_timeout_seconds: float = DEFAULT_ATHENA_READ_TIMEOUT_SECONDS
+    athena_max_attempts: int = DEFAULT_ATHENA_MAX_ATTEMPTS
 
     @classmethod
     def from_env(
@@ -47,8 +62,10 @@ class BuildSettings:
     ) -> BuildSettings:
         """Read ``SNAPSHOT_URI``, ``QUERY_SQL`` or ``QUERY_FILE``, ``ENGINE``, ``KEY_COLUMN``,
         ``ATHENA_WORKGROUP``, ``ATHENA_DATABASE``, ``ATHENA_STAGING_URI``,
-        ``QUERY_DEADLINE_SECONDS``, ``MIN_ROWS``, ``MAX_ROW_CHANGE`` and ``CONTRACT_COLUMNS``;
-        ``overrides`` (non-None values, e.g. from command-line options) win.
+        ``QUERY_DEADLINE_SECONDS``, ``MIN_ROWS``, ``MAX_ROW_CHANGE``, ``CONTRACT_COLUMNS``,
+        the S3 budget (see :func:`storage_from_env`) and ``ATHENA_CONNECT_TIMEOUT_SECONDS`` (5),
+        ``ATHENA_READ_TIMEOUT_SECONDS`` (30) and ``ATHENA_MAX_ATTEMPTS`` (6, the first try
+        included); ``overrides`` (non-None values, e.g. from command-line options) win.
 
         Raises
         ------
@@ -79,6 +96,16 @@ class BuildSettings:
             ),
             "contract": _contract(given.pop("contract", None) or env.get("CONTRACT_COLUMNS")),
             "tables": tuple(given.pop("tables", ())),
+            "storage": storage_from_env(env),
+            "athena_connect_timeout_seconds": _positive(
+                env, "ATHENA_CONNECT_TIMEOUT_SECONDS", DEFAULT_ATHENA_CONNECT_TIMEOUT_SECONDS, float
+            ),
+            "athena_read_timeout_seconds": _positive(
+                env, "ATHENA_READ_TIMEOUT_SECONDS", DEFAULT_ATHENA_READ_TIMEOUT_SECONDS, float
+            ),
+            "athena_max_attempts": _positive(
+                env, "ATHENA_MAX_ATTEMPTS", DEFAULT_ATHENA_MAX_ATTEMPTS, int
+            ),
         }  # fmt: skip
         if given:
             raise BuildConfigError(f"unknown settings: {sorted(given)}")
@@ -103,6 +130,34 @@ class BuildSettings:
             if parse_uri(self.staging_uri)[0] != "s3":
                 raise BuildConfigError("ATHENA_STAGING_URI must be s3://bucket/prefix")
         return self
+
+
+def storage_from_env(environ: Mapping[str, str] | None = None) -> StorageBudget:
+    """The budget of each S3 call: ``S3_CONNECT_TIMEOUT_SECONDS`` (5),
+    ``S3_READ_TIMEOUT_SECONDS`` (30) and ``S3_MAX_ATTEMPTS`` (5, the first try included).
+
+    Raises
+    ------
+    BuildConfigError
+        If one of them is not a positive number.
+    """
+    env = os.environ if environ is None else environ
+    return StorageBudget(
+        connect_timeout_seconds=_positive(
+            env, "S3_CONNECT_TIMEOUT_SECONDS", DEFAULT_S3_CONNECT_TIMEOUT_SECONDS, float
+        ),
+        read_timeout_seconds=_positive(
+            env, "S3_READ_TIMEOUT_SECONDS", DEFAULT_S3_READ_TIMEOUT_SECONDS, float
+        ),
+        max_attempts=_positive(env, "S3_MAX_ATTEMPTS", DEFAULT_S3_MAX_ATTEMPTS, int),
+    )
+
+
+def _positive(env: Mapping[str, str], name: str, default: float, kind: type) -> Any:
+    value = _number(env.get(name), name, default, kind)
+    if value <= 0:
+        raise BuildConfigError(f"{name}: {env.get(name)!r} must be positive")
+    return value
 
 
 def _read_sql(path: str | None) -> str | None:

@@ -3,6 +3,8 @@
 Both speak the same small contract, modelled on S3: whole-object reads, conditional reads by ETag,
 and conditional writes (``if_none_match="*"`` to create, ``if_match=etag`` to compare-and-swap).
 Keys are relative, ``/``-separated, and built only from constants and validated versions.
+Each store also tells its own time (:meth:`FileStore.now`, :meth:`S3Store.now`), so a builder
+can refuse to stamp a version far ahead of the clock its readers will compare it with.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -22,12 +28,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 from loaders.errors import ObjectNotFoundError, PreconditionFailedError, StoreError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+logger = logging.getLogger(__name__)
 
 # S3 answers a missing key with 403 when the role lacks s3:ListBucket, which the lookup role does.
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound", "AccessDenied", "403"})
 _CONFLICT_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 _NOT_MODIFIED_CODES = frozenset({"304", "NotModified"})
+# S3's Date header has whole seconds and drifts only with the local monotonic clock, so one
+# answer serves as the store's clock for a while; past this, ask S3 again.
+DATE_REUSE_SECONDS = 60.0
+# Any answer carries a Date, a 403 or 404 too; the builder role may read the pointer.
+_CLOCK_PROBE_KEY = "CURRENT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +72,18 @@ class ObjectStore(Protocol):
     def list_prefixes(self, prefix: str) -> list[str]: ...
 
 
+class ClockedStore(ObjectStore, Protocol):
+    """A store that also tells its own time: what a builder checks its clock against."""
+
+    def now(self) -> datetime: ...
+
+
 class S3Client(Protocol):
     """The boto3 S3 client methods we call."""
 
     def get_object(self, **kwargs: Any) -> dict[str, Any]: ...
+
+    def head_object(self, **kwargs: Any) -> dict[str, Any]: ...
 
     def put_object(self, **kwargs: Any) -> dict[str, Any]: ...
 
@@ -80,11 +101,20 @@ class FileStore:
     ----------
     root : str or Path
         The snapshot root directory; created on first write.
+    clock : callable, default the local UTC time
+        The store's clock: for a local directory, the local clock is the one readers share.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(
+        self, root: str | Path, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         self.root = Path(root).resolve()
         self.uri = self.root.as_uri()
+        self.clock = clock
+
+    def now(self) -> datetime:
+        """The store's time: the local clock."""
+        return self.clock()
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -177,16 +207,62 @@ class S3Store:
         The bucket name.
     prefix : str, default ""
         The snapshot root inside the bucket, without leading or trailing ``/``.
+    monotonic : callable, default time.monotonic
+        Seconds on a local clock that only moves forward; advances the last S3 ``Date`` seen.
     """
 
-    def __init__(self, client: S3Client, bucket: str, prefix: str = "") -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str = "",
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.monotonic = monotonic
+        # (S3's Date, local monotonic seconds when it arrived) of the latest answer.
+        self._date: tuple[datetime, float] | None = None
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def now(self) -> datetime:
+        """S3's time: the ``Date`` of its latest answer, advanced by the local monotonic clock.
+
+        Reuses the answer to a request already made (the pointer read) when it is at most
+        :data:`DATE_REUSE_SECONDS` old; otherwise asks with one ``HEAD``, whose 403 or 404
+        carries a ``Date`` as well. An endpoint that sends no ``Date`` (moto in-process) leaves
+        only the local clock, with a warning: clock skew then goes unnoticed.
+        """
+        if self._date is None or self.monotonic() - self._date[1] > DATE_REUSE_SECONDS:
+            self._probe_date()
+        if self._date is None:
+            logger.warning("%s answered without a Date header; using the local clock", self.uri)
+            return datetime.now(UTC)
+        date, seen = self._date
+        return date + timedelta(seconds=self.monotonic() - seen)
+
+    def _probe_date(self) -> None:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=self._key(_CLOCK_PROBE_KEY))
+        except ClientError as exc:
+            response = exc.response
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot read the time of {self.uri}: {type(exc).__name__}") from exc
+        self._note_date(response)
+
+    def _note_date(self, response: dict[str, Any]) -> None:
+        text = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        try:
+            date = parsedate_to_datetime(text) if text else None
+        except (TypeError, ValueError):
+            date = None
+        if date is not None and date.tzinfo is not None:
+            self._date = (date.astimezone(UTC), self.monotonic())
 
     def read(self, key: str) -> bytes:
         obj = self.get(key)
@@ -200,8 +276,10 @@ class S3Store:
             kwargs["IfNoneMatch"] = if_none_match
         try:
             response = self.client.get_object(**kwargs)
+            self._note_date(response)
             return StoredObject(response["Body"].read(), response["ETag"])
         except ClientError as exc:
+            self._note_date(exc.response)
             code = _error_code(exc)
             if code in _NOT_MODIFIED_CODES:
                 return None
@@ -225,8 +303,9 @@ class S3Store:
         if if_match is not None:
             kwargs["IfMatch"] = if_match
         try:
-            return self.client.put_object(**kwargs)["ETag"]
+            response = self.client.put_object(**kwargs)
         except ClientError as exc:
+            self._note_date(exc.response)
             code = _error_code(exc)
             if code in _CONFLICT_CODES:
                 raise PreconditionFailedError(
@@ -237,6 +316,8 @@ class S3Store:
             raise StoreError(f"cannot write {self.uri}/{key}: {code}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"cannot write {self.uri}/{key}: {type(exc).__name__}") from exc
+        self._note_date(response)
+        return response["ETag"]
 
     def list_prefixes(self, prefix: str) -> list[str]:
         base = self._key(prefix.rstrip("/") + "/")
@@ -281,7 +362,7 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
     raise ValueError(f"expected a file:// or s3:// URI, got {uri!r}")
 
 
-def open_store(uri: str, *, s3_client: S3Client | None = None) -> ObjectStore:
+def open_store(uri: str, *, s3_client: S3Client | None = None) -> ClockedStore:
     """Open the store a root URI names; an ``s3://`` root needs an ``s3_client``."""
     scheme, bucket, path = parse_uri(uri)
     if scheme == "file":

@@ -8,6 +8,7 @@ the pointer, and run a second builder in the middle of the first one's announce.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,9 +19,9 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from loaders.build import BuildResult, build, report_rejection
+from loaders.build import LOG_LEVELS, BuildResult, Outcome, build, report_rejection
 from loaders.engines import DuckDBEngine
-from loaders.errors import QueryFailedError, SnapshotInvalidError, StoreError
+from loaders.errors import ObjectNotFoundError, QueryFailedError, SnapshotInvalidError, StoreError
 from loaders.manifest import (
     CHANGES_NAME,
     MANIFEST_NAME,
@@ -29,6 +30,7 @@ from loaders.manifest import (
     snapshot_key,
     try_read_pointer,
 )
+from loaders.publish import publish_table
 from loaders.snapshot import MAX_EXAMPLES, SnapshotReader, read_snapshot
 from loaders.validate import KEY_FORMAT, Rules, diff, parse_contract, validate
 from service.cache import SnapshotCache
@@ -37,7 +39,7 @@ from tests.conftest import T0, FakeClock, customers
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from loaders.store import ObjectStore, StoredObject
+    from loaders.store import ClockedStore, ObjectStore, StoredObject
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_SQL = (ROOT / "sql" / "customer_mapping.sql").read_text()
@@ -81,11 +83,22 @@ def sources(tmp_path: Path) -> Sources:
     return Sources(directory)
 
 
+def ticks(*moments: datetime) -> Callable[[], datetime]:
+    """A builder clock that reads ``moments`` in turn (the query's start, then the publish),
+    and keeps reading the last one."""
+    remaining = list(moments)
+
+    def now() -> datetime:
+        return remaining.pop(0) if len(remaining) > 1 else remaining[0]
+
+    return now
+
+
 def run_build(
-    store: ObjectStore,
+    store: ClockedStore,
     source: Path,
     *,
-    now: datetime = T0,
+    now: datetime | Callable[[], datetime] = T0,
     rules: Rules | None = None,
     sql: str = SQL,
 ) -> BuildResult:
@@ -94,7 +107,7 @@ def run_build(
         store,
         sql,
         rules or Rules(key_column="customer_id"),
-        now=lambda: now,
+        now=now if callable(now) else ticks(now),
         progress=lambda _message: None,
     )
 
@@ -453,22 +466,27 @@ class ProxyStore:
     def list_prefixes(self, prefix: str) -> list[str]:
         return self.inner.list_prefixes(prefix)
 
+    def now(self) -> datetime:
+        return self.inner.now()
+
     def pointer_writes(self) -> list[str]:
         return [json.loads(body)["version"] for key, body in self.puts if key == POINTER_KEY]
 
 
-def test_build_writes_data_then_changes_then_manifest_then_pointer(
+def test_build_writes_data_then_manifest_then_pointer_then_changes(
     any_store: ObjectStore, sources: Sources, v1: str
 ) -> None:
+    # Readers need data and manifest only; the change report waits for the version the
+    # compare-and-swap replaced.
     proxy = ProxyStore(any_store)
 
     version = run_build(proxy, sources.parquet(customers(IDS)), now=T1).manifest.version
 
     assert [key for key, _ in proxy.puts] == [
         f"snapshots/{version}/data.parquet",
-        f"snapshots/{version}/changes.json",
         f"snapshots/{version}/manifest.json",
         "CURRENT",
+        f"snapshots/{version}/changes.json",
     ]
 
 
@@ -511,7 +529,7 @@ class SecondBuilder:
 
     store: ProxyStore
     source: Path
-    now: datetime
+    now: datetime | Callable[[], datetime]
     first: ProxyStore | None = None
     result: BuildResult | None = None
 
@@ -522,14 +540,23 @@ class SecondBuilder:
             self.result = run_build(self.store, self.source, now=self.now)
 
 
+FIRST_ROWS = [*IDS, "C000000041"]
+
+
 def _race(
-    store: ObjectStore, sources: Sources, *, first_at: datetime, second_at: datetime
+    store: ObjectStore,
+    sources: Sources,
+    *,
+    first_at: datetime | Callable[[], datetime],
+    second_at: datetime | Callable[[], datetime],
+    second_rows: list[str] = IDS,
 ) -> tuple[BuildResult, BuildResult, list[str]]:
-    """Build at ``first_at``; between its pointer read and its write, build at ``second_at``."""
-    second = SecondBuilder(ProxyStore(store), sources.parquet(customers(IDS)), second_at)
+    """Build ``FIRST_ROWS`` at ``first_at``; between its pointer read and its write, build
+    ``second_rows`` at ``second_at``."""
+    second = SecondBuilder(ProxyStore(store), sources.parquet(customers(second_rows)), second_at)
     first = ProxyStore(store, after_get=second)
     second.first = first
-    first_result = run_build(first, sources.parquet(customers([*IDS, "C000000041"])), now=first_at)
+    first_result = run_build(first, sources.parquet(customers(FIRST_ROWS)), now=first_at)
     assert second.result is not None
     # The second build ran to its end inside the first one's announce: its writes came first.
     return first_result, second.result, [*second.store.pointer_writes(), *first.pointer_writes()]
@@ -541,7 +568,8 @@ def test_newer_build_announcing_inside_an_older_ones_announce_keeps_the_pointer(
     older, newer, _ = _race(any_store, sources, first_at=T1, second_at=T2)
 
     assert pointer_version(any_store) == newer.manifest.version
-    assert (older.announced, older.current) == (False, newer.manifest.version)
+    assert (older.outcome, older.current) == (Outcome.SUPERSEDED, newer.manifest.version)
+    assert newer.outcome is Outcome.ANNOUNCED
 
 
 def test_pointer_never_moves_back_when_builders_race(
@@ -553,6 +581,125 @@ def test_pointer_never_moves_back_when_builders_race(
     assert history == sorted(history)
     assert pointer_version(any_store) == newer.manifest.version
     assert older.manifest.version < newer.manifest.version
+
+
+def test_build_stamps_its_version_when_the_query_starts(
+    any_store: ObjectStore, sources: Sources, v1: str
+) -> None:
+    result = run_build(any_store, sources.parquet(customers(IDS)), now=ticks(T1, T2))
+
+    summary = result.to_dict()
+    assert result.manifest.version.startswith("20261123T130000Z-")
+    assert (result.manifest.created_at, result.manifest.query_started_at) == (T1, T1)
+    assert result.manifest.published_at == T2
+    assert (summary["query_started_at"], summary["published_at"]) == (
+        "2026-11-23T13:00:00Z",
+        "2026-11-23T14:00:00Z",
+    )
+
+
+def test_slow_build_of_older_data_loses_to_a_later_query_that_published_first(
+    any_store: ObjectStore, sources: Sources, v1: str
+) -> None:
+    # The slow build's query started at T1 and it publishes at T2 + 1 h; the fast one's query
+    # started at T2. Stamped at publish time, the slow one would have won with older data.
+    slow, fast, _ = _race(
+        any_store, sources, first_at=ticks(T1, T2 + timedelta(hours=1)), second_at=T2
+    )
+
+    assert (slow.outcome, slow.current) == (Outcome.SUPERSEDED, fast.manifest.version)
+    assert fast.outcome is Outcome.ANNOUNCED
+    assert pointer_version(any_store) == fast.manifest.version
+    assert slow.to_dict()["outcome"] == "superseded"
+
+
+def test_build_whose_query_started_later_wins_though_it_publishes_last(
+    any_store: ObjectStore, sources: Sources, v1: str
+) -> None:
+    late, early, _ = _race(any_store, sources, first_at=T2, second_at=T1)
+
+    assert (late.outcome, early.outcome) == (Outcome.ANNOUNCED, Outcome.ANNOUNCED)
+    assert pointer_version(any_store) == late.manifest.version
+
+
+def test_changes_json_is_against_the_version_the_announce_replaced(
+    any_store: ObjectStore, sources: Sources, v1: str
+) -> None:
+    # v1 holds IDS; the racing build announces IDS + C42 first; the winner holds IDS + C41.
+    winner, meanwhile, _ = _race(
+        any_store, sources, first_at=T2, second_at=T1, second_rows=[*IDS, "C000000042"]
+    )
+
+    stored = json.loads(any_store.read(snapshot_key(winner.manifest.version, CHANGES_NAME)))
+    assert (stored["previous_version"], stored["added"], stored["removed"]) == (
+        meanwhile.manifest.version,
+        1,
+        1,
+    )
+    assert stored["examples"]["removed"] == ["C000000042"]
+    assert winner.changes.to_dict() == stored
+
+
+def test_superseded_build_saves_no_change_report(
+    any_store: ObjectStore, sources: Sources, v1: str
+) -> None:
+    older, _, _ = _race(any_store, sources, first_at=T1, second_at=T2)
+
+    with pytest.raises(ObjectNotFoundError):
+        any_store.read(snapshot_key(older.manifest.version, CHANGES_NAME))
+    assert older.changes.previous_version == v1
+
+
+# --- the builder's clock against the store's -------------------------------------------------
+
+
+@dataclass
+class CountingEngine:
+    """A DuckDB engine that counts the queries it runs."""
+
+    inner: DuckDBEngine
+    runs: int = 0
+    name: str = "duckdb"
+
+    def run(self, sql: str, *, progress: Callable[[str], None] | None = None) -> pa.Table:
+        self.runs += 1
+        return self.inner.run(sql, progress=progress)
+
+
+def test_build_stamped_too_far_ahead_of_the_store_clock_is_refused_before_the_query(
+    any_store: ClockedStore, sources: Sources, v1: str
+) -> None:
+    engine = CountingEngine(DuckDBEngine({"customers": sources.parquet(customers(IDS))}))
+    ahead = any_store.now() + timedelta(hours=1)
+    before = root_state(any_store)
+
+    with pytest.raises(SnapshotInvalidError, match="ahead of the store's clock"):
+        build(engine, any_store, SQL, Rules("customer_id"), now=lambda: ahead)
+
+    assert engine.runs == 0
+    assert root_state(any_store) == before
+
+
+def test_future_version_standing_in_current_does_not_block_a_correct_build(
+    any_store: ClockedStore, sources: Sources, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_now = any_store.now()
+    # Announced by a builder whose clock ran an hour fast, before builders checked their clock.
+    future = publish_table(
+        any_store, customers(IDS), key_column="customer_id", now=store_now + timedelta(hours=1)
+    ).manifest.version
+
+    with caplog.at_level(logging.WARNING, logger="loaders.publish"):
+        result = run_build(any_store, sources.parquet(customers(IDS)), now=store_now)
+
+    assert result.outcome is Outcome.ANNOUNCED
+    assert pointer_version(any_store) == result.manifest.version
+    assert result.changes.previous_version == future
+    assert f"replacing {future}" in caplog.text
+
+
+def test_every_outcome_has_a_log_level() -> None:
+    assert set(LOG_LEVELS) == set(Outcome)
 
 
 def test_diff_counts_every_row_changed_when_a_column_changes_type() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ import pytest
 
 from loaders.errors import PreconditionFailedError, SnapshotInvalidError
 from loaders.manifest import (
+    MAX_CLOCK_SKEW_SECONDS,
     POINTER_KEY,
     announce,
     check_version,
@@ -26,9 +28,11 @@ from loaders.manifest import (
 from loaders.publish import MAX_ANNOUNCE_ATTEMPTS, publish_table
 from loaders.snapshot import MAX_EXAMPLES, read_snapshot, write_snapshot
 from tests.conftest import T0, customers, publish
-from tests.integration.rawstore import RecordingStore, raw_read, stored_keys
+from tests.integration.rawstore import RecordingStore, raw_read, raw_write, stored_keys
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from loaders.store import FileStore, ObjectStore
 
 VERSION_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
@@ -72,7 +76,9 @@ def test_publish_reports_the_announced_version(any_store: ObjectStore, small_tab
     assert (published.announced, published.current) == (True, published.manifest.version)
 
 
-def test_version_is_the_publish_time_plus_eight_hex(any_store: ObjectStore, small_table) -> None:
+def test_version_is_the_data_cutoff_time_plus_eight_hex(
+    any_store: ObjectStore, small_table
+) -> None:
     version = publish(any_store, small_table)
 
     assert VERSION_RE.fullmatch(version)
@@ -86,13 +92,33 @@ def test_manifest_has_exactly_the_documented_fields(any_store: ObjectStore, smal
         "format",
         "version",
         "created_at",
+        "query_started_at",
+        "published_at",
         "key_column",
         "row_count",
         "columns",
         "sha256",
         "bytes",
+        "table_bytes",
         "source",
     }
+
+
+def test_manifest_records_query_start_and_publish_times(
+    any_store: ObjectStore, small_table
+) -> None:
+    published = publish_table(
+        any_store, small_table, key_column="customer_id", now=T0, published_at=LATER
+    )
+
+    doc = _manifest_doc(any_store, published.manifest.version)
+
+    assert (doc["created_at"], doc["query_started_at"], doc["published_at"]) == (
+        "2026-11-23T12:00:00Z",
+        "2026-11-23T12:00:00Z",
+        "2026-11-23T13:00:00Z",
+    )
+    assert published.manifest.version.startswith("20261123T120000Z-")
 
 
 def test_manifest_describes_the_snapshot(any_store: ObjectStore, small_table) -> None:
@@ -345,11 +371,44 @@ def test_write_snapshot_rejects_a_bad_table_and_writes_nothing(any_store: Object
 
 
 def test_second_publish_moves_the_pointer(any_store: ObjectStore, small_table) -> None:
-    publish(any_store, small_table)
+    first = publish(any_store, small_table)
 
     second = publish(any_store, customers(["C000000009"]), now=LATER)
 
-    assert _pointer_doc(any_store) == {"version": second}
+    assert _pointer_doc(any_store) == {"version": second, "previous": [first]}
+
+
+def test_publish_reports_the_version_it_replaced(any_store: ObjectStore, small_table) -> None:
+    first = publish_table(any_store, small_table, key_column="customer_id", now=T0)
+
+    second = publish_table(
+        any_store, customers(["C000000009"]), key_column="customer_id", now=LATER
+    )
+
+    assert (first.replaced, second.replaced) == (None, first.manifest.version)
+
+
+def test_pointer_keeps_the_last_three_versions_newest_first(
+    any_store: ObjectStore, small_table
+) -> None:
+    versions = [publish(any_store, small_table, now=T0 + timedelta(minutes=m)) for m in range(5)]
+
+    assert _pointer_doc(any_store) == {
+        "version": versions[4],
+        "previous": [versions[3], versions[2], versions[1]],
+    }
+    assert try_read_pointer(any_store).previous == (versions[3], versions[2], versions[1])
+
+
+def test_old_style_pointer_reads_and_is_replaced(any_store: ObjectStore, small_table) -> None:
+    old = publish(any_store, small_table)
+    raw_write(any_store, POINTER_KEY, json.dumps({"version": old}).encode())
+
+    pointer = try_read_pointer(any_store)
+    newer = publish(any_store, customers(["C000000009"]), now=LATER)
+
+    assert (pointer.version, pointer.previous) == (old, ())
+    assert _pointer_doc(any_store) == {"version": newer, "previous": [old]}
 
 
 def test_second_publish_keeps_the_first_snapshot(any_store: ObjectStore, small_table) -> None:
@@ -365,8 +424,89 @@ def test_older_publish_does_not_move_the_pointer_back(any_store: ObjectStore, sm
 
     older = publish_table(any_store, customers(["C000000009"]), key_column="customer_id", now=T0)
 
+    assert (older.announced, older.current, older.replaced) == (False, newer, None)
+    assert _pointer_doc(any_store) == {"version": newer, "previous": []}
+
+
+# --- the store's clock: no version from the future ------------------------------------------
+
+
+def _store_clock_at(moment: datetime) -> Callable[[], datetime]:
+    return lambda: moment
+
+
+def test_version_stamped_too_far_ahead_of_the_store_clock_is_not_announced(
+    any_store: ObjectStore, small_table
+) -> None:
+    first = publish(any_store, small_table)
+    ahead = LATER + timedelta(seconds=MAX_CLOCK_SKEW_SECONDS + 1)
+
+    with pytest.raises(SnapshotInvalidError, match="301s ahead of the store's clock"):
+        publish_table(
+            any_store,
+            customers(["C000000009"]),
+            key_column="customer_id",
+            now=ahead,
+            store_clock=_store_clock_at(LATER),
+        )
+
+    assert _pointer_doc(any_store) == {"version": first, "previous": []}
+
+
+def test_version_ahead_of_the_store_clock_within_the_skew_is_announced(
+    any_store: ObjectStore, small_table
+) -> None:
+    ahead = T0 + timedelta(seconds=MAX_CLOCK_SKEW_SECONDS)
+
+    published = publish_table(
+        any_store, small_table, key_column="customer_id", now=ahead, store_clock=_store_clock_at(T0)
+    )
+
+    assert published.announced
+
+
+def test_standing_version_far_ahead_of_the_store_clock_is_replaced_with_a_warning(
+    any_store: ObjectStore, small_table, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Announced by a builder whose clock ran an hour fast, before builders checked their clock.
+    future = publish(any_store, small_table, now=T0 + timedelta(hours=1))
+
+    with caplog.at_level(logging.WARNING, logger="loaders.publish"):
+        fresh = publish_table(
+            any_store,
+            customers(["C000000009"]),
+            key_column="customer_id",
+            now=T0,
+            store_clock=_store_clock_at(T0),
+        )
+
+    assert (fresh.announced, fresh.replaced) == (True, future)
+    assert _pointer_doc(any_store) == {"version": fresh.manifest.version, "previous": [future]}
+    assert f"replacing {future}: it is stamped 3600s ahead" in caplog.text
+
+
+def test_standing_version_ahead_within_the_skew_still_wins(
+    any_store: ObjectStore, small_table
+) -> None:
+    newer = publish(any_store, small_table, now=T0 + timedelta(seconds=MAX_CLOCK_SKEW_SECONDS))
+
+    older = publish_table(
+        any_store,
+        customers(["C000000009"]),
+        key_column="customer_id",
+        now=T0,
+        store_clock=_store_clock_at(T0),
+    )
+
     assert (older.announced, older.current) == (False, newer)
-    assert _pointer_doc(any_store) == {"version": newer}
+
+
+def test_without_a_store_clock_a_future_version_stands(any_store: ObjectStore, small_table) -> None:
+    future = publish(any_store, small_table, now=T0 + timedelta(hours=1))
+
+    older = publish_table(any_store, customers(["C000000009"]), key_column="customer_id", now=T0)
+
+    assert (older.announced, older.current) == (False, future)
 
 
 @pytest.mark.parametrize("repeat", range(5))
@@ -374,12 +514,12 @@ def test_publish_in_the_same_second_moves_the_pointer(
     any_store: ObjectStore, small_table, repeat: int
 ) -> None:
     # Same-second versions differ only in random hex, which says nothing about order.
-    publish(any_store, small_table)
+    first = publish(any_store, small_table)
 
     second = publish_table(any_store, customers(["C000000009"]), key_column="customer_id", now=T0)
 
     assert second.announced
-    assert _pointer_doc(any_store) == {"version": second.manifest.version}
+    assert _pointer_doc(any_store) == {"version": second.manifest.version, "previous": [first]}
 
 
 @dataclass
@@ -423,7 +563,7 @@ def _rival_snapshot(store: ObjectStore, now: datetime) -> str:
 def test_racing_newer_writer_makes_publisher_reread_and_yield(
     any_store: ObjectStore, small_table
 ) -> None:
-    publish(any_store, small_table)
+    first = publish(any_store, small_table)
     rival = _rival_snapshot(any_store, T0 + timedelta(hours=2))
     racing = RacingStore(any_store, rival=rival)
 
@@ -433,13 +573,13 @@ def test_racing_newer_writer_makes_publisher_reread_and_yield(
 
     assert racing.pointer_reads == 2
     assert (published.announced, published.current) == (False, rival)
-    assert _pointer_doc(any_store) == {"version": rival}
+    assert _pointer_doc(any_store) == {"version": rival, "previous": [first]}
 
 
 def test_racing_older_writer_makes_publisher_reread_and_win(
     any_store: ObjectStore, small_table
 ) -> None:
-    publish(any_store, small_table)
+    first = publish(any_store, small_table)
     rival = _rival_snapshot(any_store, T0 + timedelta(minutes=30))
     racing = RacingStore(any_store, rival=rival)
 
@@ -449,7 +589,11 @@ def test_racing_older_writer_makes_publisher_reread_and_win(
 
     assert racing.pointer_reads == 2
     assert (published.announced, published.current) == (True, published.manifest.version)
-    assert _pointer_doc(any_store) == {"version": published.manifest.version}
+    assert published.replaced == rival  # the version the compare-and-swap replaced
+    assert _pointer_doc(any_store) == {
+        "version": published.manifest.version,
+        "previous": [rival, first],
+    }
 
 
 def test_race_for_the_first_pointer_makes_publisher_reread(any_store: ObjectStore) -> None:
@@ -459,7 +603,7 @@ def test_race_for_the_first_pointer_makes_publisher_reread(any_store: ObjectStor
     published = publish_table(racing, customers(["C1"]), key_column="customer_id", now=T0)
 
     assert racing.pointer_reads == 2
-    assert _pointer_doc(any_store) == {"version": published.manifest.version}
+    assert _pointer_doc(any_store) == {"version": published.manifest.version, "previous": [rival]}
 
 
 def test_pointer_that_keeps_moving_makes_publisher_give_up(
