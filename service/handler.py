@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 from aws_lambda_powertools import Logger
@@ -64,9 +65,12 @@ _ROUTES = (
     ("/customers/batch", "POST"),
     ("/health", "GET"),
 )
+# The same rules as full-match patterns whose parameters take anything but "/".
 _ROUTE_PATTERNS = tuple(
-    (re.compile("^" + re.sub(r"<\w+>", "[^/]+", rule) + "$"), method) for rule, method in _ROUTES
+    (rule, method, re.compile(re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", rule)))
+    for rule, method in _ROUTES
 )
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +110,25 @@ def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
+def _route_match(method: str, path: str) -> tuple[str, dict[str, str]] | None:
+    """The rule and arguments of the route for ``method path`` that Powertools did not match.
+
+    Powertools' ``<param>`` takes URI characters only, ours anything but "/": a key holding
+    others (a quote, a NUL) is still this route's, and gets its check's 400, not a 404.
+    """
+    for rule, route_method, pattern in _ROUTE_PATTERNS:
+        match = pattern.fullmatch(path)
+        if match and route_method == method:
+            return rule, match.groupdict()
+    return None
+
+
 def _route_error(method: str, path: str) -> tuple[AppError, dict[str, str] | None]:
     """404 for an unknown path, 405 (with ``Allow``) for a known path and another method.
 
     The path is not echoed back: it may hold a customer key.
     """
-    allowed = sorted({m for pattern, m in _ROUTE_PATTERNS if pattern.match(path)})
+    allowed = sorted({m for _, m, pattern in _ROUTE_PATTERNS if pattern.fullmatch(path)})
     if allowed and method not in allowed:
         error = MethodNotAllowedError(f"{method} is not allowed on this route; use {allowed[0]}")
         return error, {"Allow": ", ".join(allowed)}
@@ -152,24 +169,142 @@ def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
     @app.not_found
     def not_found(_exc: NotFoundError) -> Response:
         event = app.current_event
-        error, headers = _route_error(event.http_method, event.path)
+        method, path = event.http_method.upper(), event.path
+        matched = _route_match(method, path)
+        if matched is not None:
+            rule, arguments = matched
+            return views[rule](**arguments)
+        error, headers = _route_error(method, path)
         return _json_response(*to_response(error), headers=headers)
 
     return app
 
 
 def event_kind(event: object) -> str:
-    """Which caller sent ``event``: ``http_v2``, ``rest_v1``, ``schedule`` or ``direct``."""
+    """Which caller sent ``event``: ``http_v2``, ``rest_v1``, ``schedule`` or ``direct``.
+
+    Loose on purpose: an event that looks like an API's is answered in that API's shape, and
+    :func:`check_api_event` then says what is wrong with it.
+    """
     if isinstance(event, dict):
-        if event.get("version") == "2.0" and "requestContext" in event and "rawPath" in event:
+        if event.get("version") == "2.0" or "rawPath" in event:
             return "http_v2"
-        if "httpMethod" in event and "requestContext" in event:
+        if "httpMethod" in event or "requestContext" in event:
             return "rest_v1"
         if event.get("detail-type") == "Scheduled Event" and event.get("source") in (
             _SCHEDULE_SOURCES
         ):
             return "schedule"
     return "direct"
+
+
+_MISSING = object()
+_API_NAMES = {"rest_v1": "a REST API (v1)", "http_v2": "an HTTP API (v2)"}
+# The fields of an API event that Powertools' resolvers and our views read, and their types;
+# nothing else in an event is read, so nothing else is checked. Optional ones may be null.
+_REQUIRED_FIELDS: dict[str, tuple[tuple[str, type], ...]] = {
+    "rest_v1": (("httpMethod", str), ("path", str)),
+    "http_v2": (
+        ("rawPath", str),
+        ("requestContext", dict),
+        ("requestContext.http", dict),
+        ("requestContext.http.method", str),
+        ("requestContext.stage", str),
+    ),
+}
+_OPTIONAL_FIELDS: dict[str, tuple[tuple[str, type], ...]] = {
+    "rest_v1": (("body", str), ("isBase64Encoded", bool), ("headers", dict),
+                ("multiValueHeaders", dict)),
+    "http_v2": (("body", str), ("isBase64Encoded", bool), ("headers", dict)),
+}  # fmt: skip
+_TYPE_NAMES = {str: "a string", dict: "an object", bool: "a boolean", list: "an array"}
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _field(event: dict[str, Any], name: str) -> object:
+    """The value at dotted ``name``, or ``_MISSING``; its parents are checked objects."""
+    value: Any = event
+    for part in name.split("."):
+        if part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _check_fields(kind: str, event: dict[str, Any]) -> None:
+    for name, expected in _REQUIRED_FIELDS[kind]:
+        value = _field(event, name)
+        if value is _MISSING:
+            raise BadRequestError(f"{name} is missing")
+        if not isinstance(value, expected):
+            raise BadRequestError(
+                f"{name} must be {_TYPE_NAMES[expected]}, got {_json_type(value)}"
+            )
+    for name, expected in _OPTIONAL_FIELDS[kind]:
+        value = event.get(name)
+        if value is not None and not isinstance(value, expected):
+            raise BadRequestError(
+                f"{name} must be {_TYPE_NAMES[expected]} or null, got {_json_type(value)}"
+            )
+
+
+def _check_headers(kind: str, event: dict[str, Any]) -> None:
+    # Powertools reads Accept-Encoding from every event's headers, splitting (v2) or joining
+    # (v1 multiValueHeaders) the value: a null or a number there is a TypeError in resolve().
+    headers = event.get("headers") or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise BadRequestError("headers must map names to strings")
+    if kind == "rest_v1":
+        multi = event.get("multiValueHeaders") or {}
+        if not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(s, str) for s in v)
+            for k, v in multi.items()
+        ):
+            raise BadRequestError("multiValueHeaders must map names to lists of strings")
+
+
+def check_api_event(kind: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Return ``event`` ready for its resolver, or raise ``BadRequestError`` saying what is wrong.
+
+    The one well-formedness check for API events: exactly the fields that Powertools' resolvers
+    and our views read, so that a direct invoker's half-built event is a 400 rather than a
+    ``KeyError`` or ``TypeError`` deep in ``resolve()``.
+
+    Both APIs are routed on the decoded path. A REST API sends ``path`` as the client encoded it
+    (and ``pathParameters`` decoded); an HTTP API decodes the path once before routing, so
+    ``rawPath`` arrives decoded. Decoding the REST path here, once, gives a key such as
+    ``C%2D1`` the same answer through either API and the local server.
+    """
+    try:
+        _check_fields(kind, event)
+        _check_headers(kind, event)
+    except BadRequestError as exc:
+        raise BadRequestError(f"not {_API_NAMES[kind]} event: {exc.message}") from None
+    if kind == "rest_v1":
+        event = {**event, "path": unquote(event["path"])}
+    # A regex "$" also matches before a final newline, so "/health\n" would route as "/health".
+    if _CONTROL_CHARACTERS.search(event["path"] if kind == "rest_v1" else event["rawPath"]):
+        raise BadRequestError("the request path must not contain control characters")
+    return event
+
+
+def _api_answer(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """An answer in the shape both APIs accept, for events that never reach a resolver."""
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": JSON},
+        "body": _dumps(body),
+        "isBase64Encoded": False,
+    }
 
 
 class LookupFunction:
@@ -183,26 +318,27 @@ class LookupFunction:
     def __call__(self, event: Any, context: LambdaContext) -> dict[str, Any]:
         kind = event_kind(event)
         try:
-            if kind == "http_v2":
-                return self._http.resolve(event, context)
-            if kind == "rest_v1":
-                return self._rest.resolve(event, context)
+            if kind in _API_NAMES:
+                return self._resolve(kind, event, context)
             return self._invoke(kind, event)
         except Exception:  # the one broad catch: log the stack, answer without it
             logger.exception("unhandled error", extra={"event_kind": kind})
-            if kind in ("http_v2", "rest_v1"):
-                return {
-                    "statusCode": 500,
-                    "headers": {"Content-Type": JSON},
-                    "body": _dumps(internal_error_body()),
-                    "isBase64Encoded": False,
-                }
+            if kind in _API_NAMES:
+                return _api_answer(500, internal_error_body())
             return internal_error_body()
         finally:
             # Powertools keeps the event being resolved on the router class; drop it so no
             # part of this request (path, body, headers) outlives the invocation.
             BaseRouter.current_event = None
             BaseRouter.lambda_context = None
+
+    def _resolve(self, kind: str, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        try:
+            event = check_api_event(kind, event)
+        except BadRequestError as exc:
+            return _api_answer(*to_response(exc))
+        resolver = self._http if kind == "http_v2" else self._rest
+        return resolver.resolve(event, context)
 
     def _invoke(self, kind: str, event: Any) -> dict[str, Any]:
         cache = self.service.cache

@@ -3,6 +3,9 @@
     SNAPSHOT_URI=file:///abs/path python -m service.local_server --port 3000
 
 Binds 127.0.0.1 only. Each request becomes a full v2 event for the same handler Lambda runs.
+Whatever the stdlib cannot parse (request line, headers, HTTP/0.9, an unknown method) is
+answered in the handler's JSON error shape, never with the stdlib's HTML page, and a client
+that stalls mid-request is dropped after ``connection_timeout_seconds``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import secrets
 import socket
 import sys
@@ -17,6 +21,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
 
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass
@@ -47,8 +53,13 @@ class LocalContext:
 
 
 def to_event(method: str, target: str, headers: dict[str, str], body: bytes, peer: str) -> dict:
-    """Build an API Gateway HTTP API (payload format 2.0) event for one request."""
+    """Build an API Gateway HTTP API (payload format 2.0) event for one request.
+
+    As an HTTP API does, the path is percent-decoded once, before routing, and ``rawPath``
+    carries it decoded; ``rawQueryString`` stays as the client sent it.
+    """
     parts = urlsplit(target)
+    path = unquote(parts.path)
     now = time.time()
     request_id = secrets.token_urlsafe(10)  # API Gateway's ids look like "YVZ6oj1ToAMEJ8w="
     lowered = {k.lower(): v for k, v in headers.items()}
@@ -62,7 +73,7 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes, pee
     return {
         "version": "2.0",
         "routeKey": "$default",
-        "rawPath": parts.path,
+        "rawPath": path,
         "rawQueryString": parts.query,
         "headers": lowered,
         "requestContext": {
@@ -72,7 +83,7 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes, pee
             "domainPrefix": "local",
             "http": {
                 "method": method,
-                "path": unquote(parts.path),
+                "path": path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": peer,
                 "userAgent": lowered.get("user-agent", ""),
@@ -96,6 +107,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
     server: LocalServer
 
     def setup(self) -> None:
+        # Every read and write on the connection gives up after this; handle_one_request then
+        # drops the connection, so a client that sends half a request holds no thread for long.
+        self.timeout = self.server.connection_timeout_seconds
         super().setup()
         # Without this, Nagle's algorithm adds ~40 ms to small responses on loopback.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -105,16 +119,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
             # API Gateway needs a length too; without one the body can't be framed.
             self._refuse(411, "length_required", "send the body with a Content-Length")
             return
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not _DIGITS.fullmatch(text):  # int() would take "-5", "1_0" and other digits
             self._refuse(400, "bad_request", "Content-Length is not a non-negative integer")
             return
-        if length > MAX_BODY_BYTES:
+        # Short-circuit: int() refuses strings of over 4,300 digits.
+        if len(text) > len(str(MAX_BODY_BYTES)) or int(text) > MAX_BODY_BYTES:
             self._refuse(413, "payload_too_large", "body over 6 MB")
             return
+        length = int(text)
         body = self.rfile.read(length) if length else b""
         event = to_event(self.command, self.path, dict(self.headers), body, self.client_address[0])
         # One request at a time through the handler, as in a Lambda environment: Powertools'
@@ -124,6 +137,33 @@ class _RequestHandler(BaseHTTPRequestHandler):
         payload = result.get("body") or ""
         data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
         self._write(int(result.get("statusCode", 200)), result.get("headers") or {}, data)
+
+    def parse_request(self) -> bool:
+        """Read the request line and headers; refuse HTTP/0.9 and malformed header lines."""
+        if len(self.raw_requestline.split()) == 2:
+            # HTTP/0.9 ("GET /path", no version): the stdlib would wait for headers that never
+            # come, then answer without a status line. Refuse it as the stdlib refuses a line
+            # that is too long, before reading further.
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/0.9 is not supported")
+            return False
+        if not super().parse_request():
+            return False
+        if self.headers.defects:  # a line that is not "Name: value" silently ends the headers
+            self.send_error(HTTPStatus.BAD_REQUEST, "Malformed header line")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Answer a request the stdlib refused in our JSON error shape (its own is HTML)."""
+        status = HTTPStatus(code)
+        # The stdlib's messages end in what it refused, e.g. "Bad request syntax ('...')"; keep
+        # the reason only, since a request line may carry a customer key.
+        reason = (message or status.description).split(" (", 1)[0]
+        if self.request_version == "HTTP/0.9":
+            # The stdlib writes no status line or headers to "HTTP/0.9"; answer in full anyway.
+            self.request_version = "HTTP/1.0"
+        self._refuse(code, re.sub(r"[^a-z0-9]+", "_", status.phrase.lower()), reason)
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
@@ -136,6 +176,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             if name.lower() not in ("content-length", "connection"):
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":  # HEAD answers headers only; a body would poison keep-alive
             self.wfile.write(data)
@@ -147,13 +189,32 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 
 class LocalServer(ThreadingHTTPServer):
-    """A threaded loopback server that hands every request to ``handler`` as a v2 event."""
+    """A threaded loopback server that hands every request to ``handler`` as a v2 event.
+
+    Parameters
+    ----------
+    handler : callable
+        The Lambda handler: ``handler(event, context) -> response``.
+    port : int, default 0
+        0 picks a free port (see :attr:`url`).
+    connection_timeout_seconds : float, default 5.0
+        How long one read or write on a connection may wait before the connection is dropped.
+    """
 
     daemon_threads = True
+    # socketserver's default backlog of 5 drops about half of 200 simultaneous connects.
+    request_queue_size = 256
 
-    def __init__(self, handler: Callable[[dict[str, Any], Any], dict[str, Any]], port: int = 0):
+    def __init__(
+        self,
+        handler: Callable[[dict[str, Any], Any], dict[str, Any]],
+        port: int = 0,
+        *,
+        connection_timeout_seconds: float = 5.0,
+    ) -> None:
         self.handler = handler
         self.handler_lock = threading.Lock()
+        self.connection_timeout_seconds = connection_timeout_seconds
         super().__init__(("127.0.0.1", port), _RequestHandler)
 
     @property

@@ -13,14 +13,15 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pytest
 
 from loaders.store import FileStore, S3Store
 from service.handler import LookupFunction, build_service
-from service.local_server import LocalServer
+from service.local_server import LocalContext, LocalServer
 from service.settings import Settings
-from tests.conftest import BUCKET, PREFIX, customers, publish
+from tests.conftest import BUCKET, PREFIX, customers, load_event, publish
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -145,8 +146,8 @@ def test_get_unknown_customer_answers_404_json(server: LocalServer) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/customers/bad%20key", "/customers/bad%2Fkey", "/customers/%C3%A9", f"/customers/{'A' * 65}"],
-    ids=["space", "encoded slash", "non-ascii", "too long"],
+    ["/customers/bad%20key", "/customers/%C3%A9", f"/customers/{'A' * 65}", "/customers/a%22b"],
+    ids=["space", "non-ascii", "too long", "quote"],
 )
 def test_get_malformed_key_answers_400_json(server: LocalServer, path: str) -> None:
     answer = call(server, "GET", path)
@@ -213,6 +214,86 @@ def test_batch_with_the_most_keys_answers_200(server: LocalServer) -> None:
 
     assert answer.status == 200
     assert len(answer.body["items"]) == 100
+
+
+def test_get_key_with_an_encoded_slash_answers_404_json(server: LocalServer) -> None:
+    # Decoded, as an HTTP API decodes it before routing, the path has one segment too many.
+    answer = call(server, "GET", "/customers/bad%2Fkey")
+
+    assert (answer.status, answer.body["error"]["code"]) == (404, "route_not_found")
+
+
+# --- one percent-encoded key, three ways in ---------------------------------------------------
+
+# A client's path, and the status it gets. A REST API passes ``path`` on as the client encoded
+# it (``pathParameters`` decoded); an HTTP API decodes the path once before routing, so its
+# ``rawPath`` arrives decoded; the local server decodes as the HTTP API does.
+ENCODED_PATHS = {
+    "encoded dash": ("/customers/C%2D1", 200),
+    "lower-case escape": ("/customers/C%2d1", 200),
+    "all encoded": ("/customers/%43%2D%31", 200),
+    "encoded space": ("/customers/bad%20key", 400),
+    "invalid escape": ("/customers/%ZZ", 400),
+    "truncated escape": ("/customers/C1%2", 400),
+    "double encoded": ("/customers/C%252D1", 400),
+    "encoded quote": ("/customers/bad%22key", 400),
+    "encoded non-ascii": ("/customers/%C3%A9", 400),
+    "invalid utf-8": ("/customers/%FF", 400),
+    "encoded newline": ("/customers/C-1%0A", 400),
+    "encoded nul": ("/customers/C-1%00", 400),
+    "encoded slash": ("/customers/bad%2Fkey", 404),
+}
+
+
+def rest_api_event(path: str) -> dict[str, Any]:
+    """The event a REST API sends for ``GET path``."""
+    event = load_event("rest_v1_get_customer")
+    event["path"] = path
+    event["requestContext"]["path"] = f"/Prod{path}"
+    event["pathParameters"] = {"customer_id": unquote(path.removeprefix("/customers/"))}
+    return event
+
+
+def http_api_event(path: str) -> dict[str, Any]:
+    """The event an HTTP API sends for ``GET path`` (were its route to match)."""
+    decoded = unquote(path)
+    event = load_event("http_v2_get_customer")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = decoded
+    event["pathParameters"] = {"customer_id": decoded.removeprefix("/customers/")}
+    return event
+
+
+def comparable(status: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Status and body, less the snapshot's age (it may tick between two calls)."""
+    if "snapshot" in body:
+        body = {**body, "snapshot": {**body["snapshot"], "age_seconds": None}}
+    return status, body
+
+
+@pytest.fixture
+def dash_function(tmp_path: Path) -> LookupFunction:
+    """The function over a snapshot that holds the key ``C-1``."""
+    store = FileStore(tmp_path / "snapshots")
+    publish(store, customers(["C-1", *IDS[:3]]))
+    return _function(store.uri)
+
+
+@pytest.mark.parametrize(("path", "status"), ENCODED_PATHS.values(), ids=ENCODED_PATHS)
+def test_encoded_key_answers_the_same_through_rest_http_api_and_local_server(
+    dash_function: LookupFunction, path: str, status: int
+) -> None:
+    answers = {}
+    for name, event in (("rest", rest_api_event(path)), ("http", http_api_event(path))):
+        response = dash_function(event, LocalContext())
+        answers[name] = comparable(response["statusCode"], json.loads(response["body"]))
+    with serving(LocalServer(dash_function, port=0)) as server:
+        local = call(server, "GET", path)
+    answers["local"] = comparable(local.status, local.body)
+
+    assert answers["rest"] == answers["http"] == answers["local"]
+    assert answers["local"][0] == status
+    if status == 200:
+        assert answers["local"][1]["item"]["customer_id"] == "C-1"
 
 
 # --- routes ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""The local server under concurrent clients and malformed framing."""
+"""The local server under concurrent clients, stalled clients and malformed framing."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import sys
@@ -11,20 +12,30 @@ from typing import TYPE_CHECKING
 import pytest
 
 from loaders.store import FileStore
+from service.handler import LookupFunction
 from service.local_server import LocalServer
 from tests.conftest import customers, publish
-from tests.e2e.test_local_server import IDS, _function, batch, call, serving
+from tests.e2e.test_local_server import HIT, IDS, _function, batch, call, serving
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+# Short, so that the stalled-client tests finish quickly; they wait on sockets, never sleep.
+TIMEOUT_SECONDS = 0.2
+
 
 @pytest.fixture
-def file_server(tmp_path: Path) -> Iterator[LocalServer]:
+def function(tmp_path: Path) -> LookupFunction:
     store = FileStore(tmp_path / "snapshots")
     publish(store, customers(IDS))
-    with serving(LocalServer(_function(store.uri), port=0)) as running:
+    return _function(store.uri)
+
+
+@pytest.fixture
+def file_server(function: LookupFunction) -> Iterator[LocalServer]:
+    server = LocalServer(function, port=0, connection_timeout_seconds=TIMEOUT_SECONDS)
+    with serving(server) as running:
         yield running
 
 
@@ -85,3 +96,139 @@ def test_chunked_body_answers_411_json(file_server: LocalServer) -> None:
     )
 
     assert (status, body["error"]["code"]) == (411, "length_required")
+
+
+# --- stalled clients --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"",
+        b"GET /health HTTP/1.1\r\nHost: x\r\n",
+        b"GET /heal",
+        b'POST /customers/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{"customer',
+    ],
+    ids=["nothing", "headers-unfinished", "request-line-unfinished", "body-unfinished"],
+)
+def test_stalled_client_is_dropped_without_an_answer(file_server: LocalServer, sent: bytes) -> None:
+    with socket.create_connection(file_server.server_address[:2], timeout=10) as sock:
+        sock.sendall(sent)
+
+        # Without the server's timeout this recv would wait its own 10 s and raise.
+        assert sock.recv(65536) == b""
+
+
+def test_an_idle_keep_alive_connection_is_dropped(file_server: LocalServer) -> None:
+    with socket.create_connection(file_server.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        response.read()
+        assert (response.status, response.getheader("Connection")) == (200, None)
+
+        assert sock.recv(65536) == b""
+
+
+def test_a_stalled_client_does_not_hold_up_others(file_server: LocalServer) -> None:
+    with socket.create_connection(file_server.server_address[:2], timeout=10) as stalled:
+        stalled.sendall(b"GET /health HTTP/1.1\r\n")
+
+        assert call(file_server, "GET", f"/customers/{HIT}").status == 200
+
+
+# --- many clients at once ---------------------------------------------------------------------
+
+
+def test_200_simultaneous_connections_are_all_answered(function: LookupFunction) -> None:
+    # Connect and send before the server accepts anything: every connection waits in the listen
+    # backlog. With socketserver's default backlog of 5 the kernel drops most of these SYNs and
+    # the connects time out; with 256 all of them are held and then answered.
+    server = LocalServer(function, port=0, connection_timeout_seconds=10)
+    keys = [IDS[n % len(IDS)] for n in range(200)]
+    sockets = []
+    try:
+        for key in keys:
+            sock = socket.create_connection(server.server_address[:2], timeout=5)
+            sockets.append(sock)
+            sock.sendall(f"GET /customers/{key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answers = []
+        with serving(server):
+            for sock in sockets:
+                response = http.client.HTTPResponse(sock)
+                response.begin()
+                answers.append((response.status, json.loads(response.read())["item"]))
+    finally:
+        for sock in sockets:
+            sock.close()
+
+    assert [status for status, _ in answers] == [200] * 200
+    assert [item["customer_id"] for _, item in answers] == keys
+
+
+# --- malformed requests get JSON, never the stdlib's HTML -------------------------------------
+
+MALFORMED = {
+    "one word": (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+    "four words": (b"GET /health HTTP/1.1 extra\r\n\r\n", 400, "bad_request"),
+    "bad version": (b"GET /health HTTX/1.1\r\n\r\n", 400, "bad_request"),
+    "http/2": (b"GET /health HTTP/2.0\r\n\r\n", 505, "http_version_not_supported"),
+    "http/0.9": (b"GET /health\r\n", 505, "http_version_not_supported"),
+    "http/0.9 post": (b"POST /health\r\n", 505, "http_version_not_supported"),
+    "unsupported method": (b"BREW /health HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not_implemented"),
+    "options": (b"OPTIONS /health HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not_implemented"),
+    "header without colon": (
+        b"GET /health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    "header without name": (b"GET /health HTTP/1.1\r\n: x\r\n\r\n", 400, "bad_request"),
+    "continuation first": (b"GET /health HTTP/1.1\r\n folded\r\n\r\n", 400, "bad_request"),
+    "request line too long": (
+        b"GET /customers/" + b"C" * 70_000 + b" HTTP/1.1\r\n\r\n",
+        414,
+        "uri_too_long",
+    ),
+    "header line too long": (
+        b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+        431,
+        "request_header_fields_too_large",
+    ),
+    "too many headers": (
+        b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % n for n in range(120)) + b"\r\n",
+        431,
+        "request_header_fields_too_large",
+    ),
+    "content-length with underscore": (
+        b"POST /customers/batch HTTP/1.1\r\nContent-Length: 1_0\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    "content-length of 5000 digits": (
+        b"POST /customers/batch HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+        413,
+        "payload_too_large",
+    ),
+}
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), MALFORMED.values(), ids=MALFORMED)
+def test_malformed_request_answers_json_error(
+    file_server: LocalServer, request_bytes: bytes, status: int, code: str
+) -> None:
+    with socket.create_connection(file_server.server_address[:2], timeout=10) as sock:
+        sock.sendall(request_bytes)
+        received = b"".join(iter(lambda: sock.recv(65536), b""))
+
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    assert status_line.startswith(f"HTTP/1.1 {status} ")
+    assert (headers["content-type"], headers["connection"]) == ("application/json", "close")
+    assert int(headers["content-length"]) == len(body)
+    assert b"<" not in received  # no HTML anywhere
+    error = json.loads(body)["error"]
+    assert (set(error), error["code"]) == ({"code", "message"}, code)
+    # The refused line is not echoed back: a path may carry a customer key.
+    assert "health" not in error["message"]
+    assert "CCCC" not in error["message"]

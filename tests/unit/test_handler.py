@@ -9,6 +9,7 @@ import logging
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pyarrow as pa
@@ -23,16 +24,11 @@ from service.handler import LookupFunction, Service, event_kind
 from service.local_server import LocalContext
 from service.settings import ConfigError, Settings
 from tests.conftest import customers, load_event, publish
-from tests.unit.conftest import (
-    KEY_COLUMN,
-    InMemorySource,
-    make_cache,
-)
+from tests.unit.conftest import KEY_COLUMN, InMemorySource
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from tests.conftest import FakeClock
 
 MAX_KEYS = 3
 HIT = "C000000001"
@@ -63,7 +59,11 @@ def http_event(api: str, method: str, path: str, body: str | None = None) -> dic
 
 
 def get_event(api: str, key: str) -> dict[str, Any]:
-    event = http_event(api, "GET", f"/customers/{key}")
+    """A GET of ``key`` as each API sends it: a REST API's ``path`` keeps the client's
+    percent-encoding, an HTTP API's ``rawPath`` arrives decoded; both decode ``pathParameters``.
+    """
+    encoded = f"/customers/{quote(key, safe='')}"
+    event = http_event(api, "GET", encoded if api == "rest_v1" else f"/customers/{key}")
     event["pathParameters"] = {"customer_id": key}
     return event
 
@@ -122,22 +122,21 @@ def invoke(
     return lambda event: function(event, lambda_context)
 
 
-class ExplodingSource(InMemorySource):
-    """A source with a bug of its own: ``read`` raises something that is not a LoaderError."""
-
-    def read(self, version: str) -> Any:
-        raise RuntimeError("secret-internal-detail at /var/task/loaders/snapshot.py")
+def _explode(*_args: object, **_kwargs: object) -> Any:
+    raise RuntimeError("secret-internal-detail at /var/task/service/routes.py")
 
 
 @pytest.fixture
 def exploding_invoke(
-    clock: FakeClock, wall_clock: FakeClock, small_table: pa.Table, lambda_context: LocalContext
+    invoke: Callable[[object], dict[str, Any]], published: str, monkeypatch: pytest.MonkeyPatch
 ) -> Callable[[object], dict[str, Any]]:
-    source = ExplodingSource()
-    source.publish(small_table)
-    cache = make_cache(source, clock, wall_clock)
-    function = make_function(cache)
-    return lambda event: function(event, lambda_context)
+    """The function with a bug in every operation: each raises what is not an AppError.
+
+    (The cache classifies and contains a source's own bugs, so a request never sees those.)
+    """
+    for name in ("get_customer", "get_customers", "direct", "scheduled_refresh"):
+        monkeypatch.setattr(routes, name, _explode)
+    return invoke
 
 
 # --- the sample events reach the right adapter -----------------------------------------------
@@ -205,8 +204,18 @@ def test_get_miss_answers_404_not_found_with_the_snapshot(
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize(
     "key",
-    ["A" * 65, "bad!key", "bad.key", "%00", "Z%C3%BCrich", "Zürich"],
-    ids=["too-long", "bang", "dot", "encoded-nul", "encoded-non-ascii", "non-ascii"],
+    ["A" * 65, "bad!key", "bad.key", "Zürich", "bad key", 'bad"key', "a<b>", "%ZZ", "C%2D1"],
+    ids=[
+        "too-long",
+        "bang",
+        "dot",
+        "non-ascii",
+        "space",
+        "quote",
+        "angle",
+        "bad-escape",
+        "percent",
+    ],
 )
 def test_get_bad_key_answers_400(
     invoke: Callable[[object], dict[str, Any]], api: str, key: str, published: str
@@ -214,6 +223,59 @@ def test_get_bad_key_answers_400(
     body = answer(invoke(get_event(api, key)), 400)
 
     assert "customer_id must be" in error(body, "bad_request")
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        ("/customers/C%2D1", "C-1"),
+        ("/customers/C%2d1", "C-1"),
+        ("/customers/%43%2D%31", "C-1"),
+        ("/customers/C-1", "C-1"),
+        ("/customers/b%61tch", "batch"),
+    ],
+    ids=["encoded-dash", "lower-case-escape", "all-encoded", "plain", "encoded-letter"],
+)
+def test_percent_encoded_key_is_decoded_once(
+    invoke: Callable[[object], dict[str, Any]],
+    source: InMemorySource,
+    api: str,
+    path: str,
+    key: str,
+) -> None:
+    source.publish(customers(["C-1", "batch"]))
+    # As sent: a REST API's path encoded, an HTTP API's decoded.
+    event = http_event(api, "GET", path if api == "rest_v1" else unquote(path))
+
+    assert answer(invoke(event), 200)["item"]["customer_id"] == key
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_decoded_percent_is_not_decoded_again(
+    invoke: Callable[[object], dict[str, Any]], source: InMemorySource, api: str
+) -> None:
+    # A client asked for the key "C%2D1" (sending "C%252D1"): that key is malformed, and is not
+    # taken for "C-1", which exists.
+    source.publish(customers(["C-1"]))
+    path = "/customers/C%252D1" if api == "rest_v1" else "/customers/C%2D1"
+
+    body = answer(invoke(http_event(api, "GET", path)), 400)
+
+    assert "customer_id must be" in error(body, "bad_request")
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize(
+    "key", ["C000000001\n", "C00\x000001", "\t"], ids=["trailing-newline", "nul", "tab"]
+)
+def test_path_with_control_characters_answers_400(
+    invoke: Callable[[object], dict[str, Any]], api: str, key: str, published: str
+) -> None:
+    # A regex "$" matches before a final newline: "/customers/C000000001\n" must not find C1.
+    body = answer(invoke(get_event(api, key)), 400)
+
+    assert "control characters" in error(body, "bad_request")
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -404,6 +466,116 @@ def test_wrong_method_answers_405_json(
     allow = headers.get("allow") or ", ".join(multi.get("allow", []))
     # GET /customers/batch is a lookup of the key "batch", so both methods are allowed there.
     assert allow == ("GET, POST" if path == "/customers/batch" else "GET")
+
+
+# --- malformed API events --------------------------------------------------------------------
+
+DELETE = object()
+API_NAMES = {"rest_v1": "REST API (v1)", "http_v2": "HTTP API (v2)"}
+SAMPLES = {"rest_v1": "rest_v1_get_customer", "http_v2": "http_v2_get_customer"}
+MALFORMED_EVENTS = {
+    "v2-requestContext-without-http": ("http_v2", "requestContext.http", DELETE,
+                                       "requestContext.http is missing"),
+    "v2-http-null": ("http_v2", "requestContext.http", None,
+                     "requestContext.http must be an object, got null"),
+    "v2-method-null": ("http_v2", "requestContext.http.method", None,
+                       "requestContext.http.method must be a string, got null"),
+    "v2-method-number": ("http_v2", "requestContext.http.method", 7,
+                         "requestContext.http.method must be a string, got a number"),
+    "v2-no-rawPath": ("http_v2", "rawPath", DELETE, "rawPath is missing"),
+    "v2-no-stage": ("http_v2", "requestContext.stage", DELETE, "requestContext.stage is missing"),
+    "v2-requestContext-array": ("http_v2", "requestContext", [],
+                                "requestContext must be an object, got an array"),
+    "v2-null-header": ("http_v2", "headers.accept", None, "headers must map names to strings"),
+    "v2-body-object": ("http_v2", "body", {}, "body must be a string or null, got an object"),
+    "v2-base64-flag-string": ("http_v2", "isBase64Encoded", "true",
+                              "isBase64Encoded must be a boolean or null, got a string"),
+    "v1-no-path": ("rest_v1", "path", DELETE, "path is missing"),
+    "v1-path-null": ("rest_v1", "path", None, "path must be a string, got null"),
+    "v1-method-null": ("rest_v1", "httpMethod", None, "httpMethod must be a string, got null"),
+    "v1-null-header": ("rest_v1", "headers.Accept", None, "headers must map names to strings"),
+    "v1-null-multi-value-header": ("rest_v1", "multiValueHeaders.Accept", None,
+                                   "multiValueHeaders must map names to lists of strings"),
+    "v1-null-in-multi-value-list": ("rest_v1", "multiValueHeaders.Accept", [None],
+                                    "multiValueHeaders must map names to lists of strings"),
+    "v1-headers-array": ("rest_v1", "headers", ["Accept"],
+                         "headers must be an object or null, got an array"),
+    "v1-body-number": ("rest_v1", "body", 5, "body must be a string or null, got a number"),
+}  # fmt: skip
+
+
+def changed(event: dict[str, Any], dotted: str, value: object) -> dict[str, Any]:
+    """``event`` with the field at ``dotted`` set to ``value`` (or deleted, for DELETE)."""
+    *parents, last = dotted.split(".")
+    node = event
+    for part in parents:
+        node = node[part]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return event
+
+
+def assert_no_unhandled_error(caplog: pytest.LogCaptureFixture) -> None:
+    assert [r for r in caplog.records if r.getMessage() == "unhandled error"] == []
+
+
+@pytest.mark.parametrize(("api", "field", "value", "message"), MALFORMED_EVENTS.values(),
+                         ids=MALFORMED_EVENTS)  # fmt: skip
+def test_malformed_api_event_answers_400_in_the_api_shape_naming_the_field(
+    invoke: Callable[[object], dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+    api: str,
+    field: str,
+    value: object,
+    message: str,
+    published: str,
+) -> None:
+    response = invoke(changed(load_event(SAMPLES[api]), field, value))
+
+    said = error(answer(response, 400), "bad_request")
+    assert said == f"not {'an' if api == 'http_v2' else 'a'} {API_NAMES[api]} event: {message}"
+    assert_no_unhandled_error(caplog)
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ({"version": "2.0"}, "rawPath is missing"),
+        ({"rawPath": "/health"}, "requestContext is missing"),
+        ({"requestContext": {}}, "httpMethod is missing"),
+        ({"httpMethod": "GET"}, "path is missing"),
+    ],
+    ids=["version-only", "rawPath-only", "requestContext-only", "httpMethod-only"],
+)
+def test_skeleton_api_event_answers_400_in_the_api_shape(
+    invoke: Callable[[object], dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+    event: dict[str, Any],
+    message: str,
+) -> None:
+    assert error(answer(invoke(event), 400), "bad_request").endswith(message)
+    assert_no_unhandled_error(caplog)
+
+
+@pytest.mark.parametrize(
+    ("api", "field"),
+    [
+        ("rest_v1", "headers"),
+        ("rest_v1", "multiValueHeaders"),
+        ("http_v2", "headers"),
+        ("rest_v1", "body"),
+        ("http_v2", "isBase64Encoded"),
+    ],
+)
+@pytest.mark.parametrize("value", [None, DELETE], ids=["null", "absent"])
+def test_optional_field_may_be_null_or_absent(
+    invoke: Callable[[object], dict[str, Any]], api: str, field: str, value: object, published: str
+) -> None:
+    event = changed(load_event(SAMPLES[api]), field, value)
+
+    assert answer(invoke(event), 200)["item"]["customer_id"] == HIT
 
 
 # --- direct invocation -----------------------------------------------------------------------
