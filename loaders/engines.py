@@ -1,7 +1,9 @@
 """Query engines that turn the builder's SELECT into a ``pa.Table``.
 
 - :class:`AthenaEngine` wraps the SELECT in ``UNLOAD ... TO '<staging>/<run id>/'`` (Parquet, zstd),
-  polls with backoff under a deadline, and reads the unloaded files with pyarrow.
+  polls with backoff under a deadline, and reads the unloaded files with pyarrow. Once started,
+  a query is stopped on any failure. Athena's failure text can quote data values, so errors
+  and logs name the query id and the error category and type, never that text.
 - :class:`DuckDBEngine`, the embedded default, runs the same SQL over local Parquet/CSV files
   registered under the table names the SQL uses, and writes the result with ``COPY ... TO``.
 
@@ -10,6 +12,7 @@ Both take their clients, clock and sleep as arguments: tests never wait.
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 import time
@@ -29,6 +32,10 @@ from loaders.errors import QueryFailedError
 from loaders.store import parse_uri
 
 Progress = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
+# AthenaError.ErrorCategory: 1 system, 2 user (the query or its data), 3 other.
+_ERROR_CATEGORIES = {1: "system", 2: "user", 3: "other"}
 
 # Functions and statements that only Athena/Trino knows, with the DuckDB spelling where one exists.
 _ATHENA_ONLY = {
@@ -161,16 +168,25 @@ class AthenaEngine:
     def run(self, sql: str, *, progress: Progress | None = None) -> pa.Table:
         """Run ``sql`` and return its rows.
 
+        Once the query has started, any failure (polling, the deadline, listing or reading
+        the output, an interrupt) stops it before the error propagates.
+
         Raises
         ------
         QueryFailedError
-            If Athena reports FAILED or CANCELLED (with its reason), the deadline passes (the
-            query is stopped first), or a call fails after botocore's retries.
+            If Athena reports FAILED or CANCELLED (naming the error category and type, never
+            Athena's message, which can quote data), the deadline passes, or a call fails
+            after botocore's retries.
         """
         target = "/".join(p for p in (self.prefix, self.run_id()) if p) + "/"
         query_id = self._start(self.unload_sql(sql, target))
-        self._wait(query_id, progress or (lambda _msg: None))
-        return self._read(target)
+        try:
+            self._wait(query_id, progress or (lambda _msg: None))
+            return self._read(target)
+        except BaseException as exc:
+            # BaseException too: an interrupt or a Lambda shutdown must not leave it running.
+            self._stop(query_id, exc)
+            raise
 
     def _start(self, statement: str) -> str:
         try:
@@ -180,7 +196,7 @@ class AthenaEngine:
                 WorkGroup=self.workgroup,
             )
         except (ClientError, BotoCoreError) as exc:
-            raise QueryFailedError(f"Athena did not start the query: {exc}") from exc
+            raise QueryFailedError(f"Athena did not start the query: {_reason(exc)}") from exc
         return response["QueryExecutionId"]
 
     def _wait(self, query_id: str, progress: Progress) -> None:
@@ -190,7 +206,7 @@ class AthenaEngine:
             try:
                 execution = self.athena.get_query_execution(QueryExecutionId=query_id)
             except (ClientError, BotoCoreError) as exc:
-                raise QueryFailedError(f"cannot read query {query_id}: {exc}") from exc
+                raise QueryFailedError(f"cannot read query {query_id}: {_reason(exc)}") from exc
             status = execution["QueryExecution"]["Status"]
             state = status["State"]
             elapsed = self.clock() - started
@@ -198,12 +214,8 @@ class AthenaEngine:
             if state == "SUCCEEDED":
                 return
             if state in ("FAILED", "CANCELLED"):
-                reason = status.get("StateChangeReason") or status.get("AthenaError", {}).get(
-                    "ErrorMessage", "no reason given"
-                )
-                raise QueryFailedError(f"Athena query {query_id} {state}: {reason}")
+                raise QueryFailedError(f"Athena query {query_id} {state}: {_athena_error(status)}")
             if elapsed + delay > self.deadline_seconds:
-                self._stop(query_id)
                 raise QueryFailedError(
                     f"Athena query {query_id} still {state} after {elapsed:.0f}s; "
                     f"stopped at the {self.deadline_seconds:.0f}s deadline"
@@ -211,13 +223,14 @@ class AthenaEngine:
             self.sleep(delay)
             delay = min(delay * 2, self.max_poll_seconds)
 
-    def _stop(self, query_id: str) -> None:
+    def _stop(self, query_id: str, cause: BaseException) -> None:
+        """Stop ``query_id`` after ``cause``; a failed stop is logged, never raised over it."""
         try:
             self.athena.stop_query_execution(QueryExecutionId=query_id)
         except (ClientError, BotoCoreError) as exc:
-            raise QueryFailedError(
-                f"deadline passed and stopping {query_id} failed: {exc}"
-            ) from exc
+            note = f"stopping Athena query {query_id} failed too: {_reason(exc)}"
+            logger.warning("%s (after %s)", note, type(cause).__name__)
+            cause.add_note(note)
 
     def _read(self, target: str) -> pa.Table:
         """Read every file UNLOAD wrote below ``target`` (they have no extension)."""
@@ -234,13 +247,32 @@ class AthenaEngine:
             ]
         except (ClientError, BotoCoreError) as exc:
             raise QueryFailedError(
-                f"cannot read UNLOAD output s3://{self.bucket}/{target}"
+                f"cannot read UNLOAD output s3://{self.bucket}/{target}: {_reason(exc)}"
             ) from exc
         except pa.ArrowException as exc:
             raise QueryFailedError(f"UNLOAD output is not readable Parquet: {exc}") from exc
         if not tables:
             raise QueryFailedError(f"UNLOAD wrote no files to s3://{self.bucket}/{target}")
         return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _reason(exc: ClientError | BotoCoreError) -> str:
+    """An AWS error's code (or exception type): its message may echo the request."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or type(exc).__name__)
+    return type(exc).__name__
+
+
+def _athena_error(status: dict[str, Any]) -> str:
+    """Why a query failed, as Athena's error category and type; its message and
+    StateChangeReason can quote data values, so they stay in Athena's console."""
+    error = status.get("AthenaError") or {}
+    category = error.get("ErrorCategory")
+    kind = error.get("ErrorType")
+    if category is None and kind is None:
+        return "no error category given; see the query in the Athena console"
+    name = _ERROR_CATEGORIES.get(category, "unknown") if isinstance(category, int) else "unknown"
+    return f"{name} error (category {category}, type {kind}); see the query in the Athena console"
 
 
 class DuckDBEngine:

@@ -8,7 +8,7 @@ lookup function answers HTTP API (v2) events from it.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from scripts.sample_data import make_customers
 
-from loaders.cli import main
+from loaders.build import Outcome
+from loaders.cli import EXIT_FAILURE, EXIT_STATUS, main
+from loaders.publish import publish_table
+from loaders.snapshot import read_snapshot
+from loaders.store import FileStore
 from service.handler import LookupFunction, build_service
 from service.settings import Settings
 from tests.conftest import load_event
@@ -90,7 +94,56 @@ def as_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_build_publishes_and_announces_every_source_row(built: dict[str, Any]) -> None:
-    assert (built["announced"], built["current"], built["rows"]) == (True, built["version"], ROWS)
+    assert (built["outcome"], built["current"], built["rows"]) == (
+        "announced",
+        built["version"],
+        ROWS,
+    )
+
+
+def test_superseded_build_exits_3_and_says_why(
+    built: dict[str, Any],
+    tmp_path: Path,
+    source_table: pa.Table,
+    snapshot_uri: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Another builder's query started two minutes from now (a clock within the allowed skew).
+    store = FileStore(tmp_path / "snapshots")
+    table = read_snapshot(store, built["version"]).table
+    ahead = datetime.now(UTC) + timedelta(seconds=120)
+    standing = publish_table(store, table, key_column="customer_id", now=ahead).manifest.version
+    source = write_shuffled(source_table, tmp_path / "again.parquet")
+
+    code = main(build_command(source, snapshot_uri))
+
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert code == EXIT_STATUS[Outcome.SUPERSEDED] == 3
+    assert (summary["outcome"], summary["announced"], summary["current"]) == (
+        "superseded",
+        False,
+        standing,
+    )
+    assert f"superseded: published {summary['version']}, but {standing}" in captured.err
+
+
+def test_every_build_outcome_has_its_own_exit_status() -> None:
+    statuses = [EXIT_STATUS[outcome] for outcome in Outcome]
+
+    assert statuses[0] == 0
+    assert len(set(statuses)) == len(statuses)
+    assert EXIT_FAILURE not in statuses
+
+
+def test_build_help_documents_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+
+    shown = capsys.readouterr().out
+    for outcome, status in EXIT_STATUS.items():
+        assert f"{status}  {outcome.value}:" in shown
+    assert f"{EXIT_FAILURE}  rejected or failed:" in shown
 
 
 @pytest.mark.parametrize("position", [0, ROWS // 2, ROWS - 1], ids=["first", "middle", "last"])

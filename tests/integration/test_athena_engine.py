@@ -13,7 +13,9 @@ real retry logic sees. Sleeps and the clock are injected: nothing here waits.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -323,11 +325,11 @@ def test_each_run_unloads_to_a_prefix_of_its_own(moto: Moto, unload: FakeUnload)
     assert first.num_rows == second.num_rows == len(IDS)
 
 
-def test_reused_run_prefix_fails_with_athenas_reason(moto: Moto, unload: FakeUnload) -> None:
+def test_reused_run_prefix_fails_naming_the_error_category(moto: Moto, unload: FakeUnload) -> None:
     engine = make_engine(moto.athena, moto.s3, run_id=lambda: "same-run")
     engine.run(SQL)
 
-    with pytest.raises(QueryFailedError, match="FAILED: HIVE_PATH_ALREADY_EXISTS"):
+    with pytest.raises(QueryFailedError, match=r"FAILED: user error \(category 2, type 1000\)"):
         engine.run(SQL)
 
 
@@ -380,29 +382,59 @@ def _fail_every_query(athena: Any, status: dict[str, Any]) -> None:
     athena.meta.events.register("after-call.athena.GetQueryExecution", edit)
 
 
-def test_failed_query_raises_with_athenas_reason(moto: Moto, unload: FakeUnload) -> None:
-    reason = "COLUMN_NOT_FOUND: line 1:8: Column 'nope' cannot be resolved"
-    _fail_every_query(moto.athena, {"State": "FAILED", "StateChangeReason": reason})
-
-    with pytest.raises(QueryFailedError, match="FAILED") as failed:
-        make_engine(moto.athena, moto.s3).run(SQL)
-
-    assert reason in str(failed.value)
+# Athena quotes data values in its failure text: this one names a customer's e-mail address.
+DATA_IN_REASON = "INVALID_CAST_ARGUMENT: Value cannot be cast to date: 'jane.doe@example.com'"
 
 
-def test_failed_query_without_a_change_reason_carries_the_athena_error(
-    moto: Moto, unload: FakeUnload
+def _everything_said(error: BaseException, caplog: pytest.LogCaptureFixture) -> str:
+    """The error's message, its notes and its causes' messages, and every log line."""
+    said = [caplog.text]
+    seen: BaseException | None = error
+    while seen is not None:
+        said += [str(seen), *getattr(seen, "__notes__", [])]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(said)
+
+
+def test_failed_query_names_the_error_category_and_type_not_athenas_message(
+    moto: Moto, unload: FakeUnload, caplog: pytest.LogCaptureFixture
 ) -> None:
-    message = "Query exhausted resources at this scale factor"
     _fail_every_query(
         moto.athena,
-        {"State": "FAILED", "AthenaError": {"ErrorCategory": 2, "ErrorMessage": message}},
+        {
+            "State": "FAILED",
+            "StateChangeReason": DATA_IN_REASON,
+            "AthenaError": {"ErrorCategory": 2, "ErrorType": 1004, "ErrorMessage": DATA_IN_REASON},
+        },
     )
 
-    with pytest.raises(QueryFailedError) as failed:
+    with (
+        caplog.at_level(logging.DEBUG, logger="loaders"),
+        pytest.raises(QueryFailedError) as failed,
+    ):
         make_engine(moto.athena, moto.s3).run(SQL)
 
-    assert message in str(failed.value)
+    [query_id] = unload.query_ids
+    assert str(failed.value) == (
+        f"Athena query {query_id} FAILED: user error (category 2, type 1004); "
+        "see the query in the Athena console"
+    )
+    assert "jane.doe" not in _everything_said(failed.value, caplog)
+
+
+def test_failed_query_without_an_error_category_still_keeps_athenas_message_out(
+    moto: Moto, unload: FakeUnload, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fail_every_query(moto.athena, {"State": "FAILED", "StateChangeReason": DATA_IN_REASON})
+
+    with (
+        caplog.at_level(logging.DEBUG, logger="loaders"),
+        pytest.raises(QueryFailedError) as failed,
+    ):
+        make_engine(moto.athena, moto.s3).run(SQL)
+
+    assert "no error category given" in str(failed.value)
+    assert "jane.doe" not in _everything_said(failed.value, caplog)
 
 
 def test_deadline_stops_the_query_and_raises(moto: Moto, unload: FakeUnload) -> None:
@@ -424,6 +456,136 @@ def test_polling_sleeps_no_further_than_the_deadline(moto: Moto, unload: FakeUnl
         engine.run(SQL)
 
     assert sleep.delays == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0]  # 60 s on the fake clock
+
+
+# --- a started query is stopped on every failure ----------------------------------------------
+
+
+@dataclass
+class StopRecorder:
+    """Records the query ids the engine asks Athena to stop (the call still reaches moto)."""
+
+    stopped: list[str] = field(default_factory=list)
+
+    def __call__(self, params: dict[str, Any], **_: Any) -> None:
+        self.stopped.append(params["QueryExecutionId"])
+
+
+@pytest.fixture
+def stops(moto: Moto) -> StopRecorder:
+    recorder = StopRecorder()
+    moto.athena.meta.events.register("provide-client-params.athena.StopQueryExecution", recorder)
+    return recorder
+
+
+@pytest.fixture
+def engine_s3(moto: Moto) -> Any:
+    """An S3 client of the engine's own, so faults injected into it spare the fake UNLOAD."""
+    return boto3.client("s3", region_name=REGION)
+
+
+def _aws_error(protocol: str, status: int, code: str, message: str) -> Callable[..., AWSResponse]:
+    if protocol == "json":
+        body = json.dumps({"__type": code, "message": message}).encode()
+        content_type = "application/x-amz-json-1.1"
+    else:
+        body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+        content_type = "application/xml"
+    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        return AWSResponse(request.url, status, headers, _Body(body))
+
+    return answer
+
+
+def test_polling_error_stops_the_query(moto: Moto, unload: FakeUnload, stops: StopRecorder) -> None:
+    moto.athena.meta.events.register_first(
+        "before-send.athena.GetQueryExecution",
+        _aws_error("json", 400, "InvalidRequestException", DATA_IN_REASON),
+    )
+
+    with pytest.raises(QueryFailedError, match="InvalidRequestException") as failed:
+        make_engine(moto.athena, moto.s3).run(SQL)
+
+    assert stops.stopped == unload.query_ids
+    assert "jane.doe" not in str(failed.value)
+
+
+@pytest.mark.parametrize("operation", ["ListObjectsV2", "GetObject"])
+def test_failure_reading_the_unload_output_stops_the_query(
+    moto: Moto, unload: FakeUnload, stops: StopRecorder, engine_s3: Any, operation: str
+) -> None:
+    engine_s3.meta.events.register_first(
+        f"before-send.s3.{operation}", _aws_error("xml", 403, "AccessDenied", "Access Denied")
+    )
+
+    with pytest.raises(QueryFailedError, match=r"cannot read UNLOAD output .*AccessDenied"):
+        make_engine(moto.athena, engine_s3).run(SQL)
+
+    assert stops.stopped == unload.query_ids
+
+
+def test_unreadable_unload_output_stops_the_query(
+    moto: Moto, unload: FakeUnload, stops: StopRecorder, engine_s3: Any
+) -> None:
+    def garble(parsed: dict[str, Any], **_: Any) -> None:
+        parsed["Body"] = io.BytesIO(b"not parquet")
+
+    engine_s3.meta.events.register("after-call.s3.GetObject", garble)
+
+    with pytest.raises(QueryFailedError, match="not readable Parquet"):
+        make_engine(moto.athena, engine_s3).run(SQL)
+
+    assert stops.stopped == unload.query_ids
+
+
+def test_deadline_stops_the_query_once(moto: Moto, unload: FakeUnload, stops: StopRecorder) -> None:
+    moto.keep_queries_pending(polls=10_000)
+
+    with pytest.raises(QueryFailedError, match="deadline"):
+        make_engine(moto.athena, moto.s3, deadline_seconds=60.0).run(SQL)
+
+    assert stops.stopped == unload.query_ids
+
+
+def test_interrupt_while_waiting_stops_the_query_and_propagates(
+    moto: Moto, unload: FakeUnload, stops: StopRecorder
+) -> None:
+    moto.keep_queries_pending(polls=10)
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_engine(moto.athena, moto.s3, SleepRecorder(then=interrupt)).run(SQL)
+
+    assert stops.stopped == unload.query_ids
+    assert moto.execution(unload.query_ids[0])["Status"]["State"] == "CANCELLED"
+
+
+def test_failed_stop_keeps_the_original_error_and_logs_a_warning(
+    moto: Moto, unload: FakeUnload, caplog: pytest.LogCaptureFixture
+) -> None:
+    moto.keep_queries_pending(polls=10_000)
+    moto.athena.meta.events.register_first(
+        "before-send.athena.StopQueryExecution",
+        _aws_error("json", 400, "InvalidRequestException", DATA_IN_REASON),
+    )
+
+    with (
+        caplog.at_level(logging.WARNING, logger="loaders"),
+        pytest.raises(QueryFailedError) as failed,
+    ):
+        make_engine(moto.athena, moto.s3, deadline_seconds=60.0).run(SQL)
+
+    [query_id] = unload.query_ids
+    assert "deadline" in str(failed.value)
+    assert failed.value.__notes__ == [
+        f"stopping Athena query {query_id} failed too: InvalidRequestException"
+    ]
+    assert f"stopping Athena query {query_id} failed too" in caplog.text
+    assert "jane.doe" not in _everything_said(failed.value, caplog)
 
 
 # --- throttling: botocore's own retries over injected answers --------------------------------
