@@ -1,0 +1,197 @@
+"""The fault catalogue: bad versions and pointers planted in moto, and storage faults on the wire.
+
+Each bad version is published and announced the way a broken builder or a bit flip would leave
+it; each storage fault is injected on the cache's client (botocore ``before-send``) or in the
+proxy. The class tests, the cold fallback tests and the no-500 sweep all draw from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
+
+from tests.conftest import customers
+from tests.faults.conftest import (
+    MEMORY_BUDGET_MB,
+    V2_IDS,
+    Mode,
+    data_key,
+    edit_manifest,
+    error_response,
+    nested,
+    raises,
+)
+from tests.integration.rawstore import flip_bytes, raw_read, raw_write
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.faults.conftest import FaultProxy, Lookup, Versions
+
+# --- bad versions: the snapshot itself is wrong (permanent) ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BadVersion:
+    """A way to publish a version that readers must reject."""
+
+    name: str
+    plant: Callable[[Versions], str]  # publishes and announces it; returns the version
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _with_data(versions: Versions, change: Callable[[bytes], bytes]) -> str:
+    version = versions.publish(V2_IDS, segment="enterprise")
+    store = versions.publisher
+    raw_write(store, data_key(version), change(raw_read(store, data_key(version))))
+    return version
+
+
+def _with_manifest(versions: Versions, **fields: Any) -> str:
+    version = versions.publish(V2_IDS, segment="enterprise")
+    edit_manifest(versions.publisher, version, lambda doc: doc.update(fields))
+    return version
+
+
+def _with_manifest_body(versions: Versions, body: bytes) -> str:
+    version = versions.publish(V2_IDS, segment="enterprise")
+    raw_write(versions.publisher, f"snapshots/{version}/manifest.json", body)
+    return version
+
+
+def _with_consistent_data(versions: Versions, body: bytes, rows: int | None = None) -> str:
+    """Data replaced by ``body`` with a manifest that vouches for it (size and sha256 match)."""
+    version = versions.publish(V2_IDS, segment="enterprise")
+    raw_write(versions.publisher, data_key(version), body)
+    fields: dict[str, Any] = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    if rows is not None:
+        fields["row_count"] = rows
+    edit_manifest(versions.publisher, version, lambda doc: doc.update(fields))
+    return version
+
+
+def _unsorted_parquet() -> bytes:
+    table = customers(["C000000001", "C000000004", "C000000007"])
+    table = table.take(pa.array([2, 0, 1]))  # keys out of order, as no builder writes them
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _in_the_future(versions: Versions) -> str:
+    hours_ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=3)
+    return versions.publish(V2_IDS, at=hours_ahead)
+
+
+def _drop_last_column(doc: dict[str, Any]) -> None:
+    doc["columns"] = doc["columns"][:-1]
+
+
+def _schema_differs(versions: Versions) -> str:
+    version = versions.publish(V2_IDS, segment="enterprise")
+    edit_manifest(versions.publisher, version, _drop_last_column)
+    return version
+
+
+BAD_VERSIONS = (
+    BadVersion("flipped byte in data", lambda v: _with_data(v, flip_bytes)),
+    BadVersion("truncated data", lambda v: _with_data(v, lambda b: b[: len(b) // 2])),
+    BadVersion("data not Parquet", lambda v: _with_consistent_data(v, b"not parquet " * 64)),
+    BadVersion("keys out of order", lambda v: _with_consistent_data(v, _unsorted_parquet(), 3)),
+    BadVersion("schema differs from manifest", _schema_differs),
+    BadVersion("manifest format 2", lambda v: _with_manifest(v, format=2)),
+    BadVersion(
+        "created year 0001", lambda v: _with_manifest(v, created_at="0001-01-01T00:00:00+01:00")
+    ),
+    BadVersion("created year 9999", lambda v: _with_manifest(v, created_at="9999-12-31T23:59:59Z")),
+    BadVersion(
+        "query started year 9999 west of UTC",
+        lambda v: _with_manifest(v, query_started_at="9999-12-31T23:59:59-01:00"),
+    ),
+    BadVersion("created_at unparseable", lambda v: _with_manifest(v, created_at="yesterday")),
+    BadVersion("manifest not JSON", lambda v: _with_manifest_body(v, b"{not json")),
+    BadVersion(
+        "manifest nested 100000 deep",
+        lambda v: _with_manifest_body(v, b'{"version":' + nested(100_000) + b"}"),
+    ),
+    BadVersion(
+        "table_bytes far above the memory budget",
+        lambda v: _with_manifest(v, table_bytes=1000 * MEMORY_BUDGET_MB << 20),
+    ),
+    BadVersion("keyed by another column", lambda v: v.publish(V2_IDS, key_column="account_id")),
+    # Last: no builder announces past a version from the future.
+    BadVersion("created hours in the future", _in_the_future),
+)
+
+# --- bad pointers: CURRENT itself is wrong (permanent) ---------------------------------------
+
+BAD_POINTERS = {
+    "not JSON": b"CURRENT is not JSON {",
+    "a list": b'["20261123T120000Z-0a1b2c3d"]',
+    "a malformed version": b'{"version": "../../etc/passwd"}',
+    "a malformed previous": b'{"version": "20261123T120000Z-0a1b2c3d", "previous": "x"}',
+    "nested 100000 deep": b'{"version":' + nested(100_000) + b"}",
+}
+
+# --- storage faults on the wire (transient) and bugs -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StorageFault:
+    """A fault on requests for keys ending with a suffix: a botocore hook or a proxy mode."""
+
+    name: str
+    inject: Callable[[Lookup, FaultProxy, str], None]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _hook(fault: Callable[[Any], Any]) -> Callable[[Lookup, FaultProxy, str], None]:
+    def inject(lookup: Lookup, _proxy: FaultProxy, key_suffix: str) -> None:
+        lookup.faults.add(fault, key_suffix=key_suffix)
+
+    return inject
+
+
+def _proxy(mode: Mode) -> Callable[[Lookup, FaultProxy, str], None]:
+    def inject(_lookup: Lookup, proxy: FaultProxy, key_suffix: str) -> None:
+        proxy.set_mode(mode, only=key_suffix.encode() or None)
+
+    return inject
+
+
+def lift(lookup: Lookup, proxy: FaultProxy) -> None:
+    """Remove every storage fault."""
+    lookup.faults.clear()
+    proxy.set_mode(Mode.PASS)
+
+
+TRANSIENT_FAULTS = (
+    StorageFault("503 SlowDown", _hook(error_response(503, "SlowDown"))),
+    StorageFault("500 InternalError", _hook(error_response(500, "InternalError"))),
+    StorageFault("403 AccessDenied", _hook(error_response(403, "AccessDenied"))),
+    StorageFault("read timeout", _hook(raises(lambda r: ReadTimeoutError(endpoint_url=r.url)))),
+    StorageFault(
+        "connection closed", _hook(raises(lambda r: ConnectionClosedError(endpoint_url=r.url)))
+    ),
+    StorageFault("MemoryError", _hook(raises(lambda _r: MemoryError()))),
+    StorageFault("TCP reset", _proxy(Mode.RESET)),
+    StorageFault("closed without an answer", _proxy(Mode.CLOSE)),
+    StorageFault("black hole", _proxy(Mode.BLACK_HOLE)),
+)
+
+
+class UnexpectedError(Exception):
+    """Stands for a bug: an exception no layer knows about."""
+
+
+BUG = StorageFault("unexpected exception", _hook(raises(lambda _r: UnexpectedError("boom"))))
