@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,8 +12,8 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
 from loaders.errors import ObjectNotFoundError, PreconditionFailedError, StoreError
-from loaders.store import FileStore, S3Store, StoredObject
-from tests.conftest import BUCKET, PREFIX
+from loaders.store import DATE_REUSE_SECONDS, FileStore, S3Store, StoredObject
+from tests.conftest import BUCKET, PREFIX, FakeClock
 from tests.integration.rawstore import raw_read
 
 if TYPE_CHECKING:
@@ -294,3 +296,109 @@ def test_s3_keys_live_under_the_prefix(s3_store: S3Store) -> None:
     body = s3_store.client.get_object(Bucket=BUCKET, Key=f"{PREFIX}/CURRENT")["Body"].read()
 
     assert body == b"one"
+
+
+# --- the store's clock ------------------------------------------------------------------------
+
+S3_DATE = "Wed, 01 Jan 2031 00:00:00 GMT"
+S3_TIME = datetime(2031, 1, 1, tzinfo=UTC)
+
+
+def test_file_store_clock_is_the_local_clock_it_was_given(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "root", clock=lambda: S3_TIME)
+
+    assert store.now() == S3_TIME
+
+
+def _answers_dated(store: S3Store, operation: str, date: str | None) -> list[str]:
+    """Give every ``operation`` answer this ``Date`` header (None: no Date at all); returns
+    the list of answers so edited."""
+    answers: list[str] = []
+
+    def hook(parsed: dict[str, Any], **_: Any) -> None:
+        answers.append(operation)
+        headers = parsed.setdefault("ResponseMetadata", {}).setdefault("HTTPHeaders", {})
+        if date is None:
+            headers.pop("date", None)
+        else:
+            headers["date"] = date
+
+    store.client.meta.events.register(f"after-call.s3.{operation}", hook)
+    return answers
+
+
+@pytest.fixture
+def dated_store(s3_store: S3Store) -> S3Store:
+    """``s3_store`` with a hand-moved monotonic clock."""
+    return S3Store(s3_store.client, s3_store.bucket, s3_store.prefix, monotonic=FakeClock())
+
+
+def test_s3_clock_is_the_date_of_the_last_answer_with_no_extra_request(
+    dated_store: S3Store,
+) -> None:
+    dated_store.put("CURRENT", b"one")
+    _answers_dated(dated_store, "GetObject", S3_DATE)
+    heads = _answers_dated(dated_store, "HeadObject", "Thu, 01 Jan 2032 00:00:00 GMT")
+
+    dated_store.get("CURRENT")
+
+    assert dated_store.now() == S3_TIME
+    assert heads == []
+
+
+def test_s3_clock_reads_the_date_of_an_error_answer(dated_store: S3Store) -> None:
+    _answers_dated(dated_store, "GetObject", S3_DATE)
+
+    with pytest.raises(ObjectNotFoundError):
+        dated_store.get("CURRENT")
+
+    assert dated_store.now() == S3_TIME
+
+
+def test_s3_clock_advances_with_the_local_monotonic_clock(dated_store: S3Store) -> None:
+    _answers_dated(dated_store, "PutObject", S3_DATE)
+    dated_store.put("CURRENT", b"one")
+
+    dated_store.monotonic.advance(DATE_REUSE_SECONDS)
+
+    assert dated_store.now() == S3_TIME + timedelta(seconds=DATE_REUSE_SECONDS)
+
+
+def test_s3_clock_asks_again_once_the_last_answer_is_too_old(dated_store: S3Store) -> None:
+    _answers_dated(dated_store, "PutObject", S3_DATE)
+    heads = _answers_dated(dated_store, "HeadObject", "Thu, 01 Jan 2032 00:00:00 GMT")
+    dated_store.put("CURRENT", b"one")
+
+    dated_store.monotonic.advance(DATE_REUSE_SECONDS + 1)
+
+    assert dated_store.now() == datetime(2032, 1, 1, tzinfo=UTC)
+    assert heads == ["HeadObject"]
+
+
+def test_s3_clock_with_no_answer_yet_asks_with_a_head_even_of_a_missing_key(
+    dated_store: S3Store,
+) -> None:
+    heads = _answers_dated(dated_store, "HeadObject", S3_DATE)
+
+    assert dated_store.now() == S3_TIME
+    assert heads == ["HeadObject"]
+
+
+def test_s3_clock_without_a_date_header_falls_back_to_the_local_clock(
+    dated_store: S3Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    _answers_dated(dated_store, "HeadObject", None)
+    before = datetime.now(UTC)
+
+    with caplog.at_level(logging.WARNING, logger="loaders.store"):
+        now = dated_store.now()
+
+    assert before <= now <= datetime.now(UTC)
+    assert "without a Date header" in caplog.text
+
+
+def test_s3_clock_timeout_raises_store_error(dated_store: S3Store) -> None:
+    _timeout(dated_store, "HeadObject")
+
+    with pytest.raises(StoreError, match="cannot read the time"):
+        dated_store.now()
