@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from loaders.manifest import (
 )
 from loaders.publish import publish_table
 from loaders.snapshot import MAX_EXAMPLES, SnapshotReader, read_snapshot
+from loaders.store import FileStore, S3Store
 from loaders.validate import KEY_FORMAT, Rules, diff, parse_contract, validate
 from service.cache import SnapshotCache
 from tests.conftest import T0, FakeClock, customers
@@ -51,6 +53,8 @@ CONTRACT = parse_contract(
 )
 T1 = T0 + timedelta(hours=1)
 T2 = T0 + timedelta(hours=2)
+# The stores' clock in these tests, whatever the date: after every build's stamp.
+STORE_NOW = T2 + timedelta(hours=2)
 
 
 # --- sources, builds and the state of a root -------------------------------------------------
@@ -74,6 +78,22 @@ class Sources:
         path = self.directory / f"source-{self.count}.csv"
         pcsv.write_csv(table, path)
         return path
+
+
+@pytest.fixture
+def any_store(any_store: ObjectStore) -> ClockedStore:
+    """conftest's stores with their clock at ``STORE_NOW``: the file store's clock reads it,
+    and every S3 answer carries it as its ``Date`` (moto's in-process answers have none)."""
+    if isinstance(any_store, FileStore):
+        return FileStore(any_store.root, clock=lambda: STORE_NOW)
+    assert isinstance(any_store, S3Store)
+
+    def dated(parsed: dict[str, Any], **_: Any) -> None:
+        headers = parsed.setdefault("ResponseMetadata", {}).setdefault("HTTPHeaders", {})
+        headers["date"] = format_datetime(STORE_NOW, usegmt=True)
+
+    any_store.client.meta.events.register("after-call.s3", dated)
+    return any_store
 
 
 @pytest.fixture
