@@ -1,6 +1,7 @@
 """Benchmark the lookup path against its peers, side by side, in one run.
 
     python scripts/bench.py [--sizes 100000,1000000] [--quick] [--out bench]
+    python scripts/bench.py --soak [--rows 1000000] [--refreshes 5] [--blackhole] [--out bench/soak]
 
 For each size it publishes one sample snapshot (file:// and S3 on a local moto server) and
 measures, each system in a fresh interpreter so that RSS growth is its own:
@@ -13,13 +14,27 @@ measures, each system in a fresh interpreter so that RSS growth is its own:
 - peers on the same table and probe keys: a dict of tuples, pandas ``.loc``, an Arrow
   ``equal`` + ``filter`` scan, and a DuckDB query per lookup over the Parquet file.
 
-Writes ``<out>/results.json`` (size -> system -> figure), ``<out>/results.md`` and PNG plots.
+``--soak`` and ``--blackhole`` measure these instead of the comparison (default ``--out``
+``bench/soak``, so the comparison's results stay):
+
+- soak: ``--refreshes + 1`` versions of a ``--rows`` table, each a few rows apart; for each store
+  (file:// and S3), a fresh interpreter without pandas builds the function as Lambda does
+  (``build_service``, system memory pool), loads the first, then announces and refreshes to
+  each next one: RSS after the first load, peak RSS during each refresh (sampled every 5 ms),
+  steady RSS after each, their ratios, Arrow nbytes and refresh times;
+- black hole: the time a warm request (snapshot loaded, TTL lapsed) and a cold one (nothing
+  loaded) take to be answered through the handler while S3 accepts connections and never
+  answers, at the default budgets; the longest of ``--blackhole-runs``.
+
+Writes ``<out>/results.json`` (size -> system -> figure, plus ``soak`` -> store -> figure and
+``blackhole`` -> warm/cold -> figure), ``<out>/results.md`` and PNG plots.
 Quote medians and ratios: the machines are shared and noisy.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -27,13 +42,16 @@ import multiprocessing
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -42,11 +60,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loaders.manifest import DATA_NAME, read_pointer, snapshot_key
+from loaders.manifest import DATA_NAME, announce, new_version, read_pointer, snapshot_key
 from loaders.publish import publish_table
+from loaders.snapshot import write_snapshot
 from loaders.store import FileStore, S3Store
 from scripts.sample_data import make_customers
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = "customer_id"
 BUCKET = "bench-snapshots"
 PREFIX = "customer-mapping"
@@ -446,6 +466,427 @@ def bench_http(root: str, probes: list[str], seconds: float, clients: int) -> di
     }
 
 
+# --- soak: memory across refreshes ------------------------------------------------------------
+
+SOAK_GOAL_RATIO = 1.10  # steady RSS after the last refresh / after the first load
+SAMPLE_SECONDS = 0.005
+SOAK_REQUESTS = 2000  # lookups through the handler after each load, as traffic would make
+SOAK_STORES = ("file", "s3")
+MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_")
+# A fresh interpreter in which pandas is not installed, as in the Lambda package: blocked before
+# pyarrow is imported, so nothing can pull it in and charge it to the snapshot. Not with
+# sys.modules["pandas"] = None: pyarrow's Cython import takes that None for the module, and
+# pa.array(<numpy array>) then fails with AttributeError ('NoneType' ... '__version__').
+_FRESH_BOOT = (
+    "import json, sys\n"
+    "class NoPandas:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.partition('.')[0] == 'pandas':\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, NoPandas())\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "from pathlib import Path\n"
+    "from scripts import bench\n"
+    "job = json.loads(Path(sys.argv[3]).read_text())\n"
+    "Path(sys.argv[4]).write_text(json.dumps(getattr(bench, sys.argv[2])(job)))\n"
+)
+
+
+def _in_fresh_interpreter(name: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Run ``name(job)`` from this module in a new interpreter without pandas.
+
+    A spawned :func:`_in_child` imports this script (pyarrow with it) before any code of ours
+    runs there, too late to keep pandas out; this boot blocks it first. Job and figures travel
+    as JSON files, and the child's output (Powertools' log lines) is shown only if it fails.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-job-") as tmp:
+        job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "figures.json"
+        job_path.write_text(json.dumps(job))
+        run = subprocess.run(
+            [sys.executable, "-c", _FRESH_BOOT, str(ROOT), name, str(job_path), str(out_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if run.returncode != 0:
+            raise RuntimeError(
+                f"{name} failed in its child process:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+            )
+        return json.loads(out_path.read_text())
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM), where Linux allows it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mb() -> float | None:
+    """The kernel's RSS high-water mark since the last reset, in MB (None off Linux)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    return None
+
+
+class RssSampler:
+    """Samples this process's RSS on a thread every ``interval_seconds`` while the block runs.
+
+    ``peak_mb`` is the highest sample; ``hwm_mb`` the kernel's high-water mark over the block
+    (it also catches spikes shorter than the interval), when Linux lets us reset it.
+    """
+
+    def __init__(self, interval_seconds: float = SAMPLE_SECONDS) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval_seconds = interval_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._has_hwm = False
+        self.samples = 0
+        self.peak_mb = 0.0
+        self.hwm_mb: float | None = None
+
+    def _sample(self) -> None:
+        self.peak_mb = max(self.peak_mb, self._process.memory_info().rss / 1e6)
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_seconds):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self._has_hwm = _reset_peak_rss()
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.hwm_mb = _peak_rss_mb() if self._has_hwm else None
+
+
+def _changed(table: pa.Table, version_number: int) -> pa.Table:
+    """``table`` with a few rows changed (0.1%: their ``updated_at`` moved), one version on."""
+    if version_number == 0:
+        return table
+    ticks = table.column("updated_at").cast(pa.int64()).to_numpy().copy()
+    ticks[version_number::1000] += version_number * 1_000_000  # microseconds
+    where = table.column_names.index("updated_at")
+    column = pa.array(ticks, table.schema.field(where).type)
+    return table.set_column(where, "updated_at", column)
+
+
+def publish_versions(root: Path, rows: int, count: int) -> list[str]:
+    """Write ``count`` versions of the sample table under ``root`` and announce the first.
+
+    The rest are written but not announced: the soak announces them one at a time, as the
+    builder would. Versions are stamped a second apart, in the recent past.
+    """
+    store = FileStore(root)
+    table = make_customers(rows)
+    first = datetime.now(UTC) - timedelta(seconds=count + 60)
+    versions = []
+    for n in range(count):
+        created_at = first + timedelta(seconds=n)
+        version = new_version(created_at)
+        write_snapshot(
+            store, _changed(table, n), version=version, key_column=KEY, created_at=created_at
+        )
+        versions.append(version)
+    announce(store, versions[0], previous=None)
+    return versions
+
+
+def _upload(client: Any, root: Path, prefix: str) -> str:
+    """Copy a file:// snapshot root into the bench bucket under ``prefix``; its s3:// URI."""
+    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=BUCKET)
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.name.startswith("."):
+            key = f"{prefix}/{path.relative_to(root).as_posix()}"
+            client.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
+    return f"s3://{BUCKET}/{prefix}"
+
+
+def _serve_requests(function: Callable[[Any, Any], Any], events: list[Any]) -> None:
+    from service.local_server import LocalContext
+
+    context = LocalContext()
+    for event in events:
+        if function(event, context)["statusCode"] not in (200, 404):
+            raise RuntimeError("a lookup failed during the soak")
+
+
+def measure_soak(job: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh interpreter: load the first version the way Lambda does, then announce and
+    refresh to each next one, sampling RSS during every refresh.
+
+    ``job`` holds ``uri`` (the snapshot root), ``versions`` (the first announced already) and
+    ``probes`` (keys to look up after each load).
+    """
+    import psutil
+
+    from loaders.manifest import read_pointer
+    from loaders.store import make_s3_client, open_store, parse_uri
+    from service.handler import LookupFunction, build_service
+    from service.local_server import to_event
+    from service.settings import Settings
+
+    # Importing service.handler set the system memory pool, as in Lambda.
+    settings = Settings(snapshot_uri=job["uri"])
+    is_s3 = parse_uri(settings.snapshot_uri)[0] == "s3"
+    s3_client = make_s3_client(settings.storage) if is_s3 else None
+    service = build_service(settings, s3_client=s3_client)
+    builder_store = open_store(settings.snapshot_uri, s3_client=s3_client)  # announces only
+    function = LookupFunction(service)
+    cache = service.cache
+    events = [to_event("GET", f"/customers/{key}", {}, b"", "127.0.0.1") for key in job["probes"]]
+    process = psutil.Process()
+    gc.collect()
+    figures: dict[str, Any] = {
+        "rows": job["rows"],
+        "store": "s3" if is_s3 else "file",
+        "memory_pool": pa.default_memory_pool().backend_name,
+        # Allocator tuning this run inherited, so that a run with it says so in its results.
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith(MALLOC_ENV)},
+        "rss_before_load_mb": round(process.memory_info().rss / 1e6, 1),
+    }
+    with RssSampler() as sampler:
+        start = time.perf_counter()
+        cache.refresh()
+        cache.wait()
+        figures["first_load_s"] = round(time.perf_counter() - start, 3)
+    if cache.version != job["versions"][0]:
+        raise RuntimeError(f"first load served {cache.version}, not {job['versions'][0]}")
+    _serve_requests(function, events)
+    figures["first_load_peak_rss_mb"] = round(sampler.peak_mb, 1)
+    figures["rss_after_first_load_mb"] = round(process.memory_info().rss / 1e6, 1)
+    figures["arrow_nbytes_mb"] = round(cache.serving().index.table.nbytes / 1e6, 1)
+    refreshes = []
+    for version in job["versions"][1:]:
+        announce(builder_store, version, previous=read_pointer(builder_store))
+        with RssSampler() as sampler:
+            start = time.perf_counter()
+            cache.refresh()
+            cache.wait()  # a refresh past the warm deadline still counts until it swaps
+            refresh_s = time.perf_counter() - start
+        if cache.version != version:
+            raise RuntimeError(f"refresh served {cache.version}, not {version}")
+        _serve_requests(function, events)
+        refreshes.append(
+            {
+                "version": version,
+                "refresh_s": round(refresh_s, 3),
+                "peak_rss_mb": round(sampler.peak_mb, 1),
+                "peak_hwm_mb": None if sampler.hwm_mb is None else round(sampler.hwm_mb, 1),
+                "samples": sampler.samples,
+                "steady_rss_mb": round(process.memory_info().rss / 1e6, 1),
+            }
+        )
+    figures["refreshes"] = refreshes
+    return _soak_ratios(figures)
+
+
+def _soak_ratios(figures: dict[str, Any]) -> dict[str, Any]:
+    first = figures["rss_after_first_load_mb"]
+    refreshes = figures["refreshes"]
+    peak = max(r["peak_rss_mb"] for r in refreshes)
+    figures["steady_after_last_mb"] = refreshes[-1]["steady_rss_mb"]
+    figures["steady_ratio"] = round(refreshes[-1]["steady_rss_mb"] / first, 3)
+    # The same, counting only what the process gained over its imports: the stricter figure.
+    before = figures["rss_before_load_mb"]
+    growth = (refreshes[-1]["steady_rss_mb"] - before) / max(first - before, 0.1)
+    figures["steady_growth_ratio"] = round(growth, 2)
+    figures["peak_rss_mb"] = peak
+    figures["peak_to_steady"] = round(peak / first, 2)
+    figures["refresh_s_median"] = round(statistics.median(r["refresh_s"] for r in refreshes), 3)
+    figures["steady_ratio_goal"] = SOAK_GOAL_RATIO
+    return figures
+
+
+def run_soak(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
+    """Publish ``refreshes + 1`` versions, then soak each store in its own fresh interpreter."""
+    import boto3
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
+        bar.set_description(f"soak {args.rows:,} rows: publish {args.refreshes + 1} versions")
+        root = Path(tmp) / "snapshots"
+        versions = publish_versions(root, args.rows, args.refreshes + 1)
+        probe_table = pq.read_table(root / snapshot_key(versions[0], DATA_NAME), columns=[KEY])
+        probes = _probe_keys(probe_table, min(SOAK_REQUESTS, args.rows), seed=args.rows)
+        del probe_table
+        uris = {"file": root.as_uri()}
+        if "s3" in args.soak_stores:
+            uris["s3"] = _upload(boto3.client("s3"), root, f"{PREFIX}-soak-{args.rows}")
+        bar.update()
+        for store in args.soak_stores:
+            bar.set_description(f"soak {args.rows:,} rows: {store}")
+            job = {"uri": uris[store], "versions": versions, "probes": probes, "rows": args.rows}
+            results[store] = _in_fresh_interpreter("measure_soak", job)
+            bar.update()
+    return results
+
+
+# --- black hole: time to an answer when S3 stops answering -----------------------------------
+
+BLACKHOLE_ROWS = 10_000
+# Only the TTL departs from the defaults, so that it lapses within a run; every budget (S3
+# timeouts and attempts, the warm and cold waits) is service/settings.py's.
+BLACKHOLE_TTL_SECONDS = 0.2
+
+
+class BlackHole:
+    """An S3 endpoint that relays to ``upstream`` (moto) until :meth:`go_dark`, then accepts TCP
+    connections and never answers, on new connections and on pooled ones alike.
+
+    With ``upstream=None`` it is dark from the start.
+    """
+
+    def __init__(self, upstream: tuple[str, int] | None) -> None:
+        self._upstream = upstream
+        self._dark = threading.Event()
+        if upstream is None:
+            self._dark.set()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        host, port = self._listener.getsockname()[:2]
+        self.endpoint = f"http://{host}:{port}"
+        threading.Thread(target=self._accept, name="black-hole", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self._sockets.append(conn)  # held open, so the client waits for its read timeout
+            if self._upstream is not None and not self._dark.is_set():
+                upstream = socket.create_connection(self._upstream)
+                self._sockets.append(upstream)
+                for src, dst, is_request in ((conn, upstream, True), (upstream, conn, False)):
+                    threading.Thread(
+                        target=self._relay, args=(src, dst, is_request), daemon=True
+                    ).start()
+
+    def _relay(self, src: socket.socket, dst: socket.socket, is_request: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if is_request and self._dark.is_set():
+                    continue  # swallowed: a pooled connection's request gets no answer either
+                dst.sendall(data)
+        except OSError:
+            return
+
+    def go_dark(self) -> None:
+        self._dark.set()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() in its thread
+        for sock in (self._listener, *self._sockets):
+            sock.close()
+
+
+@contextlib.contextmanager
+def _s3_endpoint(url: str) -> Iterator[None]:
+    """Build S3 clients against ``url`` inside the block (botocore reads it at creation)."""
+    saved = os.environ["AWS_ENDPOINT_URL_S3"]
+    os.environ["AWS_ENDPOINT_URL_S3"] = url
+    try:
+        yield
+    finally:
+        os.environ["AWS_ENDPOINT_URL_S3"] = saved
+
+
+def _time_to_answer(s3_uri: str, key: str, upstream: tuple[str, int] | None) -> dict[str, Any]:
+    """One request through the handler with S3 gone dark: warm (a snapshot loaded through
+    ``upstream``, its TTL lapsed) or cold (``upstream`` None: nothing ever loaded)."""
+    from service.handler import LookupFunction, build_service
+    from service.local_server import LocalContext, to_event
+    from service.settings import Settings
+
+    hole = BlackHole(upstream)
+    try:
+        settings = Settings(snapshot_uri=s3_uri, refresh_ttl_seconds=BLACKHOLE_TTL_SECONDS)
+        with _s3_endpoint(hole.endpoint):
+            function = LookupFunction(build_service(settings))
+        cache = function.service.cache
+        if upstream is not None:
+            cache.refresh()
+            if cache.version is None:
+                raise RuntimeError("the black-hole run could not load its first snapshot")
+            hole.go_dark()
+            time.sleep(BLACKHOLE_TTL_SECONDS * 2)  # let the TTL lapse
+        event = to_event("GET", f"/customers/{key}", {}, b"", "127.0.0.1")
+        start = time.perf_counter()
+        response = function(event, LocalContext())
+        answer_s = time.perf_counter() - start
+        # The check goes on after the answer, bounded by the S3 client's own budget.
+        cache.wait(60)
+        return {
+            "answer_s": round(answer_s, 3),
+            "status": response["statusCode"],
+            "check_done_s": round(time.perf_counter() - start, 3),
+        }
+    finally:
+        hole.close()
+
+
+def measure_blackhole(job: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh interpreter: ``runs`` warm and ``runs`` cold requests, each with its own
+    function and black hole. ``job`` holds ``uri``, ``key`` (a present customer) and ``runs``."""
+    from service.settings import DEFAULT_STORAGE, Settings
+
+    defaults = Settings(snapshot_uri=job["uri"])
+    moto = urlsplit(os.environ["AWS_ENDPOINT_URL_S3"])
+    figures: dict[str, Any] = {
+        "refresh_wait_seconds": defaults.refresh_wait_seconds,
+        "cold_load_wait_seconds": defaults.cold_load_wait_seconds,
+        "s3_connect_timeout_seconds": DEFAULT_STORAGE.connect_timeout_seconds,
+        "s3_read_timeout_seconds": DEFAULT_STORAGE.read_timeout_seconds,
+        "s3_max_attempts": DEFAULT_STORAGE.max_attempts,
+    }
+    for kind, upstream in (("warm", (moto.hostname, moto.port)), ("cold", None)):
+        runs = [_time_to_answer(job["uri"], job["key"], upstream) for _ in range(job["runs"])]
+        figures[kind] = {
+            "answer_s_max": max(r["answer_s"] for r in runs),
+            "statuses": sorted({r["status"] for r in runs}),
+            "check_done_s_max": max(r["check_done_s"] for r in runs),
+            "runs": runs,
+        }
+    return figures
+
+
+def run_blackhole(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
+    """Warm and cold requests against an S3 that accepts connections and never answers."""
+    import boto3
+
+    with tempfile.TemporaryDirectory(prefix="bench-blackhole-") as tmp:
+        bar.set_description("black hole: publish")
+        root = Path(tmp) / "snapshots"
+        (version,) = publish_versions(root, BLACKHOLE_ROWS, 1)
+        keys = pq.read_table(root / snapshot_key(version, DATA_NAME), columns=[KEY]).column(KEY)
+        s3_uri = _upload(boto3.client("s3"), root, f"{PREFIX}-blackhole")
+    bar.update()
+    bar.set_description(f"black hole: {args.blackhole_runs} warm and cold requests")
+    job = {"uri": s3_uri, "key": keys[0].as_py(), "runs": args.blackhole_runs}
+    figures = _in_fresh_interpreter("measure_blackhole", job)
+    bar.update()
+    return figures
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -485,20 +926,13 @@ def run_size(size: int, args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
         publish_table(store, table, key_column=KEY, now=datetime.now(UTC))
         version = read_pointer(store).version
         parquet_path = str(root / snapshot_key(version, DATA_NAME))
-        client = boto3.client("s3")
-        if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-            client.create_bucket(Bucket=BUCKET)
-        prefix = f"{PREFIX}-{size}"
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                key = f"{prefix}/{path.relative_to(root).as_posix()}"
-                client.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
+        s3_uri = _upload(boto3.client("s3"), root, f"{PREFIX}-{size}")
         probes = _probe_keys(table, probes_n, seed=size)
         del table
         bar.update()
         results: dict[str, Any] = {}
         bar.set_description(f"{size:,} rows: ours")
-        results["ours"] = _in_child(bench_ours, root.as_uri(), f"s3://{BUCKET}/{prefix}", probes)
+        results["ours"] = _in_child(bench_ours, root.as_uri(), s3_uri, probes)
         bar.update()
         bar.set_description(f"{size:,} rows: loopback HTTP")
         results["ours"].update(
@@ -534,6 +968,101 @@ def _goals(ours: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def _size_lines(size: str, systems: dict[str, Any]) -> list[str]:
+    ours = systems["ours"]
+    lines = [
+        f"## {int(size):,} customers",
+        "",
+        "| system | build/load s | RSS Δ MB | lookup p50 µs | lookup p99 µs | batch of 100 µs "
+        "| peer p50 / ours p50 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, fig in systems.items():
+        speed = "—" if name == "ours" else f"{fig['ours_speedup']}x"
+        lines.append(
+            f"| {name} | {fig['build_s']} | {fig['rss_mb']} | {fig['lookup_p50_us']} | "
+            f"{fig['lookup_p99_us']} | {fig['batch100_us']} | {speed} |"
+        )
+    goals = _goals(ours)
+    return [
+        *lines,
+        "",
+        f"Ours: Arrow nbytes {ours['arrow_nbytes_mb']} MB, RSS growth "
+        f"{ours['rss_ratio']}x nbytes; handler p50 {ours['handler_p50_us']} µs "
+        f"(p99 {ours['handler_p99_us']}); cold load {ours['build_s']} s from file://, "
+        f"{ours['load_s3_s']} s from S3 (moto server); unchanged refresh: "
+        f"{ours['refresh_unchanged_requests']} request, "
+        f"{ours['refresh_unchanged_body_bytes']} body bytes; loopback HTTP "
+        f"{ours['http_rps']} req/s, p50 {ours['http_p50_ms']} ms, p99 {ours['http_p99_ms']} ms,"
+        f" {ours['http_errors']} errors ({ours['http_clients']} client processes).",
+        "",
+        "Goals: " + ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in goals.items()),
+        "",
+    ]
+
+
+def _soak_lines(soak: dict[str, Any]) -> list[str]:
+    first = next(iter(soak.values()))
+    tuning = ", ".join(f"`{k}={v}`" for k, v in first["malloc_env"].items()) or "none"
+    lines = [
+        f"## Soak: {first['rows']:,} customers, {len(first['refreshes'])} refreshes",
+        "",
+        "Each store in a fresh interpreter without pandas, through `build_service` (system "
+        "memory pool), with lookups through the handler after each load. RSS in MB; peak "
+        "sampled every 5 ms during the refresh (kernel high-water mark in brackets). "
+        f"Allocator tuning from the environment: {tuning}.",
+        "",
+        "| store | load | s | peak | steady | steady / first load |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for store, fig in soak.items():
+        base = fig["rss_after_first_load_mb"]
+        lines.append(
+            f"| {store} | first | {fig['first_load_s']} | {fig['first_load_peak_rss_mb']} "
+            f"| {base} | 1.0 |"
+        )
+        lines += [
+            f"| {store} | refresh {n} | {r['refresh_s']} | {r['peak_rss_mb']} "
+            f"({r['peak_hwm_mb']}) | {r['steady_rss_mb']} | {r['steady_rss_mb'] / base:.3f} |"
+            for n, r in enumerate(fig["refreshes"], 1)
+        ]
+    lines.append("")
+    for store, fig in soak.items():
+        met = "met" if fig["steady_ratio"] <= fig["steady_ratio_goal"] else "MISSED"
+        lines.append(
+            f"- {store}: {fig['rss_before_load_mb']} MB before the first load, "
+            f"{fig['rss_after_first_load_mb']} MB after it (Arrow nbytes "
+            f"{fig['arrow_nbytes_mb']} MB); steady after the last refresh "
+            f"{fig['steady_after_last_mb']} MB = {fig['steady_ratio']}x the first load "
+            f"(goal ≤ {fig['steady_ratio_goal']}: {met}; growth over imports "
+            f"{fig['steady_growth_ratio']}x); peak {fig['peak_rss_mb']} MB = "
+            f"{fig['peak_to_steady']}x; refresh median {fig['refresh_s_median']} s."
+        )
+    return [*lines, ""]
+
+
+def _blackhole_lines(hole: dict[str, Any]) -> list[str]:
+    lines = [
+        "## S3 black hole: time to an answer",
+        "",
+        "One request through the handler (HTTP API v2 event) while S3 accepts TCP connections "
+        f"and never answers. Default budgets: S3 connect {hole['s3_connect_timeout_seconds']} s, "
+        f"read {hole['s3_read_timeout_seconds']} s, {hole['s3_max_attempts']} attempts; warm "
+        f"wait {hole['refresh_wait_seconds']} s, cold wait {hole['cold_load_wait_seconds']} s.",
+        "",
+        "| request | longest answer s | statuses | runs (answer s) | check gave up after s |",
+        "|---|---:|---|---|---:|",
+    ]
+    for kind, label in (("warm", "warm (loaded, TTL lapsed)"), ("cold", "cold (nothing loaded)")):
+        fig = hole[kind]
+        runs = ", ".join(str(r["answer_s"]) for r in fig["runs"])
+        statuses = ", ".join(str(s) for s in fig["statuses"])
+        lines.append(
+            f"| {label} | {fig['answer_s_max']} | {statuses} | {runs} | {fig['check_done_s_max']} |"
+        )
+    return [*lines, ""]
+
+
 def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
     lines = [
         "# Benchmark results",
@@ -542,37 +1071,44 @@ def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
         "Medians; the machine is shared, so compare ratios rather than absolute times.",
         "",
     ]
-    for size, systems in results.items():
-        ours = systems["ours"]
-        lines += [
-            f"## {int(size):,} customers",
-            "",
-            "| system | build/load s | RSS Δ MB | lookup p50 µs | lookup p99 µs | batch of 100 µs "
-            "| peer p50 / ours p50 |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, fig in systems.items():
-            speed = "—" if name == "ours" else f"{fig['ours_speedup']}x"
-            lines.append(
-                f"| {name} | {fig['build_s']} | {fig['rss_mb']} | {fig['lookup_p50_us']} | "
-                f"{fig['lookup_p99_us']} | {fig['batch100_us']} | {speed} |"
-            )
-        goals = _goals(ours)
-        lines += [
-            "",
-            f"Ours: Arrow nbytes {ours['arrow_nbytes_mb']} MB, RSS growth "
-            f"{ours['rss_ratio']}x nbytes; handler p50 {ours['handler_p50_us']} µs "
-            f"(p99 {ours['handler_p99_us']}); cold load {ours['build_s']} s from file://, "
-            f"{ours['load_s3_s']} s from S3 (moto server); unchanged refresh: "
-            f"{ours['refresh_unchanged_requests']} request, "
-            f"{ours['refresh_unchanged_body_bytes']} body bytes; loopback HTTP "
-            f"{ours['http_rps']} req/s, p50 {ours['http_p50_ms']} ms, p99 {ours['http_p99_ms']} ms,"
-            f" {ours['http_errors']} errors ({ours['http_clients']} client processes).",
-            "",
-            "Goals: " + ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in goals.items()),
-            "",
-        ]
+    for size in _sizes(results):
+        lines += _size_lines(size, results[size])
+    if "soak" in results:
+        lines += _soak_lines(results["soak"])
+    if "blackhole" in results:
+        lines += _blackhole_lines(results["blackhole"])
     path.write_text("\n".join(lines))
+
+
+def _sizes(results: dict[str, Any]) -> list[str]:
+    """The comparison sections: keyed by row count, beside ``soak`` and ``blackhole``."""
+    return [key for key in results if key.isdigit()]
+
+
+def _plot_soak(soak: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for store, figures in soak.items():
+        steps = range(len(figures["refreshes"]) + 1)
+        steady = [figures["rss_after_first_load_mb"]] + [
+            r["steady_rss_mb"] for r in figures["refreshes"]
+        ]
+        peak = [figures["first_load_peak_rss_mb"]] + [
+            r["peak_rss_mb"] for r in figures["refreshes"]
+        ]
+        (line,) = ax.plot(steps, steady, marker="o", label=f"{store}: steady")
+        ax.plot(steps, peak, marker="^", linestyle="--", color=line.get_color(),
+                label=f"{store}: peak during load")  # fmt: skip
+    ax.set_xlabel("load (0 = first, then refreshes)")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    ax.set_title("RSS across refreshes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -581,9 +1117,11 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = list(results)
+    sizes = _sizes(results)
+    paths = [_plot_soak(results["soak"], out / "soak.png")] if "soak" in results else []
+    if not sizes:
+        return paths
     systems = list(results[sizes[0]])
-    paths = []
     for figure, label, name in (
         ("lookup_p50_us", "lookup p50 (µs, log)", "lookup_p50.png"),
         ("rss_mb", "RSS growth (MB)", "memory.png"),
@@ -609,26 +1147,59 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--quick", action="store_true", help="10k rows, fewer probes, short HTTP")
     parser.add_argument("--clients", type=int, default=2, help="HTTP client processes")
-    parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument(
+        "--out", type=Path, help="default bench, or bench/soak with --soak or --blackhole"
+    )
     parser.add_argument(
         "--peers", default=",".join(PEERS), help="comma-separated subset of " + ", ".join(PEERS)
     )
+    parser.add_argument(
+        "--soak", action="store_true", help="RSS across refreshes (instead of the comparison)"
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000, help="soak table rows")
+    parser.add_argument("--refreshes", type=int, default=5, help="soak refreshes after the load")
+    parser.add_argument(
+        "--soak-stores", default=",".join(SOAK_STORES), help="comma-separated: file, s3"
+    )
+    parser.add_argument(
+        "--blackhole", action="store_true", help="time to an answer with S3 unresponsive"
+    )
+    parser.add_argument("--blackhole-runs", type=int, default=3, help="runs of each request")
     args = parser.parse_args(argv)
     args.peers = [p for p in args.peers.split(",") if p]
     if unknown := set(args.peers) - set(PEERS):
         parser.error(f"unknown peers: {sorted(unknown)}")
+    args.soak_stores = list(dict.fromkeys(s for s in args.soak_stores.split(",") if s))
+    if unknown := set(args.soak_stores) - set(SOAK_STORES):
+        parser.error(f"unknown soak stores: {sorted(unknown)}")
+    if args.refreshes < 1 or args.rows < 1 or args.blackhole_runs < 1:
+        parser.error("--rows, --refreshes and --blackhole-runs must be at least 1")
+    args.compare = not (args.soak or args.blackhole)
+    if args.out is None:
+        args.out = Path("bench") if args.compare else Path("bench/soak")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    sizes = sizes if args.compare else []
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict[str, Any] = {}
     steps = len(sizes) * (3 + len(args.peers))
+    steps += (1 + len(args.soak_stores)) * args.soak + 2 * args.blackhole
     with MotoServer(), tqdm(total=steps, unit="step") as bar:
         for size in sizes:
             results[str(size)] = run_size(size, args, bar)
+        if args.soak:
+            results["soak"] = run_soak(args, bar)
+        if args.blackhole:
+            results["blackhole"] = run_blackhole(args, bar)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, args.out / "results.md", command.strip())

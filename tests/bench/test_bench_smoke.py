@@ -1,4 +1,5 @@
-"""scripts/bench.py --quick runs end to end, so the benchmark cannot rot. No timing asserts."""
+"""scripts/bench.py --quick and --soak run end to end, so the benchmark cannot rot. No timing
+asserts."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {"build_s", "rss_mb", "lookup_p50_us", "lookup_p99_us", "batch100_us"}
@@ -20,11 +22,25 @@ OURS_ONLY = {
     "refresh_unchanged_body_bytes",
     "load_s3_s",
 }
+SOAK_FIGURES = {
+    "rss_before_load_mb",
+    "rss_after_first_load_mb",
+    "first_load_s",
+    "arrow_nbytes_mb",
+    "steady_after_last_mb",
+    "steady_ratio",
+    "steady_growth_ratio",
+    "peak_rss_mb",
+    "peak_to_steady",
+    "refresh_s_median",
+}
+REFRESH_FIGURES = {"version", "refresh_s", "peak_rss_mb", "steady_rss_mb", "samples"}
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_quick_bench_writes_results_for_ours_and_every_peer(tmp_path: Path) -> None:
+def _bench(out: Path, *args: str) -> dict[str, Any]:
     run = subprocess.run(
-        [sys.executable, "scripts/bench.py", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "scripts/bench.py", *args, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -32,8 +48,11 @@ def test_quick_bench_writes_results_for_ours_and_every_peer(tmp_path: Path) -> N
         check=False,
     )
     assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads((out / "results.json").read_text())
 
-    results = json.loads((tmp_path / "results.json").read_text())
+
+def test_quick_bench_writes_results_for_ours_and_every_peer(tmp_path: Path) -> None:
+    results = _bench(tmp_path, "--quick")
     systems = results["10000"]
     assert set(systems) == {"ours", "dict", "pandas", "arrow_filter", "duckdb_query"}
     for name, figures in systems.items():
@@ -49,4 +68,29 @@ def test_quick_bench_writes_results_for_ours_and_every_peer(tmp_path: Path) -> N
     assert ours["refresh_unchanged_body_bytes"] == 0
     assert "| ours |" in (tmp_path / "results.md").read_text()
     for plot in ("lookup_p50.png", "memory.png", "build.png"):
-        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / plot).read_bytes()[:8] == PNG
+
+
+def test_soak_writes_memory_figures_for_each_store(tmp_path: Path) -> None:
+    results = _bench(tmp_path, "--soak", "--rows", "3000", "--refreshes", "2")
+
+    assert set(results) == {"soak"}  # a soak run leaves the comparison out
+    soak = results["soak"]
+    assert set(soak) == {"file", "s3"}
+    for store, figures in soak.items():
+        assert set(figures) >= SOAK_FIGURES, store
+        assert figures["store"] == store
+        assert figures["rows"] == 3000
+        # Built the way Lambda builds it: service.handler set the system pool.
+        assert figures["memory_pool"] == "system"
+        refreshes = figures["refreshes"]
+        assert len(refreshes) == 2
+        assert len({r["version"] for r in refreshes}) == 2  # each refresh loaded a new version
+        for refresh in refreshes:
+            assert set(refresh) >= REFRESH_FIGURES, store
+            assert refresh["samples"] >= 2
+            assert refresh["peak_rss_mb"] > 0
+    text = (tmp_path / "results.md").read_text()
+    assert "## Soak: 3,000 customers, 2 refreshes" in text
+    assert "| s3 | refresh 2 |" in text
+    assert (tmp_path / "soak.png").read_bytes()[:8] == PNG
