@@ -1,7 +1,10 @@
 """Immutable Parquet snapshots: check a table's keys, write it, and read it back verified.
 
 This is the only module that turns bytes into a ``pa.Table``. A snapshot is
-``snapshots/<version>/data.parquet`` (rows sorted by key, zstd) plus ``manifest.json``.
+``snapshots/<version>/data.parquet`` (rows sorted by key, zstd) plus ``manifest.json``. The
+manifest describes what a reader will read, not the table the builder held: some Arrow types
+come back from Parquet as others (``timestamp[s]`` as ``timestamp[ms]``, ``date64`` as
+``date32``), so the builder reads its bytes back, as a reader would, before it writes one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loaders.errors import SnapshotInvalidError
+from loaders.index import unservable_part
 from loaders.manifest import (
     DATA_NAME,
     MANIFEST_NAME,
@@ -25,6 +29,7 @@ from loaders.manifest import (
     read_pointer,
     snapshot_key,
 )
+from loaders.readback import ReadBack, read_back
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -119,11 +124,56 @@ def _compact(table: pa.Table, key_column: str) -> pa.Table:
     return table
 
 
+def check_columns(schema: pa.Schema) -> None:
+    """Check that every column has a type a reader can serve.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        Naming each column whose type (or a type nested in it) has no Parquet or JSON form:
+        unions, intervals, run-end encoding.
+    """
+    problems = tuple(
+        f"column {field.name!r} of type {field.type} cannot be served: {part} has no JSON form"
+        for field in schema
+        if (part := unservable_part(field.type)) is not None
+    )
+    if problems:
+        raise SnapshotInvalidError("table has columns no reader can serve", problems)
+
+
 def encode_table(table: pa.Table, key_column: str) -> bytes:
-    """Serialise a checked table as zstd Parquet bytes."""
+    """Serialise a checked table as zstd Parquet bytes.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        If Parquet cannot hold one of its columns.
+    """
     sink = pa.BufferOutputStream()
-    pq.write_table(_compact(table, key_column), sink, compression="zstd", row_group_size=1 << 20)
+    try:
+        pq.write_table(
+            _compact(table, key_column), sink, compression="zstd", row_group_size=1 << 20
+        )
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise SnapshotInvalidError(f"cannot encode the table as Parquet: {exc}") from exc
     return sink.getvalue().to_pybytes()
+
+
+def parse_table(body: bytes, *, what: str) -> pa.Table:
+    """Parse Parquet bytes into a table, as every reader does.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        If the bytes are not readable Parquet; the message starts with ``what``.
+    """
+    try:
+        # ParquetFile.read keeps one chunk per row group (read_table splits into batches), so
+        # the index can use the columns as they are instead of copying them into one chunk.
+        return pq.ParquetFile(pa.BufferReader(body)).read()
+    except (pa.ArrowException, OSError) as exc:
+        raise SnapshotInvalidError(f"{what}: unreadable Parquet: {exc}") from exc
 
 
 def describe(
@@ -136,19 +186,27 @@ def describe(
     source: dict[str, Any] | None = None,
     query_started_at: datetime | None = None,
     published_at: datetime | None = None,
+    read: ReadBack | None = None,
 ) -> Manifest:
-    """The manifest of ``table`` encoded as ``body``."""
+    """The manifest of ``table`` encoded as ``body``.
+
+    The columns are those a reader gets from ``body``: from ``read`` when the bytes were read
+    back (:func:`loaders.readback.read_back`), which also gives ``table_bytes``; otherwise from
+    the Parquet schema in ``body``'s footer.
+    """
+    columns = columns_of(pq.read_schema(pa.BufferReader(body))) if read is None else read.columns
     return Manifest(
         version=version,
         created_at=created_at,
         key_column=key_column,
         row_count=table.num_rows,
-        columns=columns_of(table.schema),
+        columns=columns,
         sha256=hashlib.sha256(body).hexdigest(),
         bytes=len(body),
         source=dict(source or {}),
         query_started_at=query_started_at,
         published_at=published_at,
+        table_bytes=None if read is None else read.table_bytes,
     )
 
 
@@ -166,11 +224,26 @@ def write_snapshot(
 ) -> Manifest:
     """Check ``table``, then write its data, any extra files, and last its manifest, create-only.
 
-    Nothing is written when a check fails. The manifest goes last so that its presence means
-    the snapshot is complete. The pointer is not touched: see :func:`loaders.manifest.announce`.
+    Before anything is written, the encoded bytes are read back as a reader would, in a Python
+    without pandas (:func:`loaders.readback.read_back`); the manifest gives the columns and the
+    decoded size that read found. Nothing is written when a check fails. The manifest goes last
+    so that its presence means the snapshot is complete. The pointer is not touched: see
+    :func:`loaders.manifest.announce`.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        If the keys fail a check, a column has a type a reader cannot serve, or the read-back
+        fails; the message names the column and its type.
     """
     check_keys(table, key_column)
+    check_columns(table.schema)
     body = encode_table(table, key_column)
+    read = read_back(body, key_column)
+    if read.row_count != table.num_rows:
+        raise SnapshotInvalidError(
+            f"read back {read.row_count} rows from a table of {table.num_rows}"
+        )
     manifest = describe(
         table,
         body,
@@ -180,6 +253,7 @@ def write_snapshot(
         source=source,
         query_started_at=query_started_at,
         published_at=published_at,
+        read=read,
     )
     store.put(snapshot_key(version, DATA_NAME), body, if_none_match="*")
     for name, extra in (extra_files or {}).items():
@@ -205,14 +279,7 @@ def decode_snapshot(manifest: Manifest, body: bytes) -> Snapshot:
     digest = hashlib.sha256(body).hexdigest()
     if digest != manifest.sha256:
         raise SnapshotInvalidError(f"snapshot {manifest.version}: sha256 mismatch ({digest})")
-    try:
-        # ParquetFile.read keeps one chunk per row group (read_table splits into batches), so
-        # the index can use the columns as they are instead of copying them into one chunk.
-        table = pq.ParquetFile(pa.BufferReader(body)).read()
-    except (pa.ArrowException, OSError) as exc:
-        raise SnapshotInvalidError(
-            f"snapshot {manifest.version}: unreadable Parquet: {exc}"
-        ) from exc
+    table = parse_table(body, what=f"snapshot {manifest.version}")
     if table.num_rows != manifest.row_count:
         raise SnapshotInvalidError(
             f"snapshot {manifest.version}: {table.num_rows} rows, "
@@ -261,6 +328,4 @@ class SnapshotReader:
 
     def read_data(self, manifest: Manifest) -> Snapshot:
         """The data ``manifest`` describes, verified against it."""
-        return decode_snapshot(
-            manifest, self.store.read(snapshot_key(manifest.version, DATA_NAME))
-        )
+        return decode_snapshot(manifest, self.store.read(snapshot_key(manifest.version, DATA_NAME)))
