@@ -80,10 +80,17 @@ def _with_consistent_data(versions: Versions, body: bytes, rows: int | None = No
 
 def _unsorted_parquet() -> bytes:
     table = customers(["C000000001", "C000000004", "C000000007"])
-    table = table.take(pa.array([2, 0, 1]))  # keys out of order, as no builder writes them
+    return _parquet(table.take(pa.array([2, 0, 1])))  # keys out of order: no builder does that
+
+
+def _parquet(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
+
+
+def _no_rows(versions: Versions) -> str:
+    return _with_consistent_data(versions, _parquet(customers(V2_IDS).slice(0, 0)), rows=0)
 
 
 def _in_the_future(versions: Versions) -> str:
@@ -130,6 +137,10 @@ BAD_VERSIONS = (
     # Last: no builder announces past a version from the future.
     BadVersion("created hours in the future", _in_the_future),
 )
+
+# A consistent snapshot of no rows: the builder refuses one (``check_keys``: "table has no
+# rows"), so a reader that gets one has been handed a broken or hostile version.
+NO_ROWS = BadVersion("no rows", _no_rows)
 
 # --- bad pointers: CURRENT itself is wrong (permanent) ---------------------------------------
 

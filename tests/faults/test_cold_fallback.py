@@ -12,12 +12,15 @@ from tests.faults.conftest import (
     FAST_COLD_LOAD_WAIT_SECONDS,
     SLACK_SECONDS,
     V2_IDS,
+    data_key,
+    manifest_key,
 )
 from tests.faults.hostile import BAD_VERSIONS, BadVersion
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from loaders.store import S3Store
     from tests.faults.conftest import Lookup, Versions
 
 # Rejected after the download, before it (too big), and before it (from the future).
@@ -97,3 +100,42 @@ def test_degraded_reader_takes_the_next_good_announced_version(
 
     assert answer.version == v3
     assert "degraded" not in answer.body["snapshot"]
+
+
+def forget(store: S3Store, version: str) -> None:
+    """Delete a version's objects, as a clean-up of old versions would."""
+    for key in (manifest_key(version), data_key(version)):
+        store.client.delete_object(Bucket=store.bucket, Key=f"{store.prefix}/{key}")
+
+
+def test_cold_reader_falls_back_past_a_previous_version_that_is_gone(
+    make_lookup: Callable[..., Lookup], versions: Versions, publisher: S3Store
+) -> None:
+    """A previous version deleted from the store is skipped; an older one that loads serves."""
+    v1 = versions.publish()
+    forget(publisher, versions.publish(V2_IDS))
+    FLIPPED.plant(versions)
+    lookup = make_lookup()
+
+    answer = lookup.ask()
+
+    assert answer.status == 200
+    assert answer.version == v1
+    assert answer.body["snapshot"]["degraded"] is True
+
+
+def test_cold_reader_does_not_download_a_rejected_version_again(
+    make_lookup: Callable[..., Lookup], versions: Versions, publisher: S3Store
+) -> None:
+    """A rejected current version is downloaded once, even when no fallback loads either."""
+    forget(publisher, versions.publish())
+    rejected = FLIPPED.plant(versions)
+    lookup = make_lookup()
+
+    answers = []
+    for _ in range(3):
+        answers.append(lookup.ask())
+        lookup.settle()
+
+    assert [a.status for a in answers] == [503] * 3
+    assert lookup.calls.count(data_key(rejected)) == 1

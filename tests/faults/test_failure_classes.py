@@ -29,6 +29,7 @@ from tests.faults.hostile import (
     BAD_POINTERS,
     BAD_VERSIONS,
     BUG,
+    NO_ROWS,
     TRANSIENT_FAULTS,
     BadVersion,
     StorageFault,
@@ -105,6 +106,19 @@ def test_rejected_pointer_keeps_the_last_good_and_is_not_downloaded_again(
     assert_served_within_refresh_wait(answer, v1)
     assert lookup.calls.conditions("CURRENT")[-1] == rejected_pointer
     assert lookup.calls.count_under("snapshots/") == 2  # v1's manifest and data, once
+
+
+def test_snapshot_with_no_rows_is_rejected_and_the_last_good_keeps_serving(
+    make_lookup: Callable[..., Lookup], versions: Versions
+) -> None:
+    """A version of zero rows breaks the key contract: it must not replace a good snapshot."""
+    lookup, v1 = loaded(make_lookup, versions)
+    NO_ROWS.plant(versions)
+    lookup.lapse_ttl()
+    lookup.ask()
+    lookup.settle()
+
+    assert_served_within_refresh_wait(lookup.ask(), v1)
 
 
 def test_rejection_is_forgotten_when_the_pointer_moves(

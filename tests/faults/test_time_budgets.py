@@ -7,7 +7,7 @@ reads, never answers), reset (RST) or closed (FIN, no answer).
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,7 +20,7 @@ from service.settings import (
 from tests.faults.conftest import (
     FAST_COLD_LOAD_WAIT_SECONDS,
     FAST_REFRESH_WAIT_SECONDS,
-    FAST_STORAGE,
+    PATIENT_STORAGE,
     ROOT_URI,
     SLACK_SECONDS,
     V2_IDS,
@@ -35,11 +35,12 @@ if TYPE_CHECKING:
 
     from tests.faults.conftest import Lookup, Versions
 
+# The measured times at the default budgets are logged:
+#   pytest tests/faults -rA --log-level=INFO -k default_budgets | grep 'answered after'
+log = logging.getLogger(__name__)
 # The promises at the default budgets: "about 3 s" warm, "within 10 s" cold.
 WARM_PROMISE_SECONDS = 3.0
 COLD_PROMISE_SECONDS = 10.0
-# S3 timeouts far longer than the waits: what answers then is the deadline, not the client.
-PATIENT_STORAGE = dataclasses.replace(FAST_STORAGE, read_timeout_seconds=5.0)
 
 
 def assert_unavailable(answer: Answer, retry_after_seconds: int) -> None:
@@ -54,7 +55,7 @@ def test_warm_request_answers_within_refresh_wait_while_s3_is_black_holed(
     make_lookup: Callable[..., Lookup], versions: Versions, proxy: FaultProxy
 ) -> None:
     """With a snapshot loaded and S3 black-holed, a request waits REFRESH_WAIT_SECONDS, no more."""
-    lookup = make_lookup()
+    lookup = make_lookup(fast_settings(storage=PATIENT_STORAGE))
     v1 = versions.publish()
     assert lookup.ask().version == v1
     proxy.set_mode(Mode.BLACK_HOLE)
@@ -72,9 +73,7 @@ def test_warm_requests_never_queue_behind_a_hung_pointer_check(
     make_lookup: Callable[..., Lookup], versions: Versions, proxy: FaultProxy
 ) -> None:
     """While a pointer check hangs, later warm requests answer at once from the loaded snapshot."""
-    lookup = make_lookup(
-        fast_settings(storage=dataclasses.replace(FAST_STORAGE, read_timeout_seconds=5))
-    )
+    lookup = make_lookup(fast_settings(storage=PATIENT_STORAGE))
     v1 = versions.publish()
     lookup.ask()
     proxy.set_mode(Mode.BLACK_HOLE)
@@ -94,7 +93,7 @@ def test_cold_request_gets_503_with_retry_after_within_cold_wait(
 ) -> None:
     """With nothing loaded and S3 unreachable, the first answer is a 503 JSON with Retry-After."""
     versions.publish()
-    lookup = make_lookup()
+    lookup = make_lookup(fast_settings(storage=PATIENT_STORAGE))
     proxy.set_mode(mode)
 
     answer = lookup.ask()
@@ -171,6 +170,7 @@ def test_warm_answer_within_about_3s_at_default_budgets_with_s3_black_holed(
     proxy.set_mode(Mode.BLACK_HOLE)
 
     answer = lookup.ask()
+    log.info("warm, S3 black-holed, default budgets: answered after %.3fs", answer.seconds)
 
     assert answer.status == 200
     assert answer.version == v1
@@ -186,6 +186,7 @@ def test_cold_503_within_10s_at_default_budgets_with_s3_black_holed(
     proxy.set_mode(Mode.BLACK_HOLE)
 
     answer = lookup.ask()
+    log.info("cold, S3 black-holed, default budgets: answered after %.3fs", answer.seconds)
 
     assert_unavailable(answer, retry_after_seconds=int(DEFAULT_COLD_LOAD_WAIT_SECONDS))
     assert answer.seconds < COLD_PROMISE_SECONDS
