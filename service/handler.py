@@ -191,8 +191,9 @@ def event_kind(event: object) -> str:
             return "http_v2"
         if "httpMethod" in event or "requestContext" in event:
             return "rest_v1"
-        if event.get("detail-type") == "Scheduled Event" and event.get("source") in (
-            _SCHEDULE_SOURCES
+        source = event.get("source")
+        if event.get("detail-type") == "Scheduled Event" and (
+            isinstance(source, str) and source in _SCHEDULE_SOURCES  # a list is unhashable
         ):
             return "schedule"
     return "direct"

@@ -679,6 +679,19 @@ def test_scheduled_event_with_an_unchanged_pointer_reports_not_refreshed(
     assert invoke(load_event("eventbridge_scheduled"))["refreshed"] is False
 
 
+@pytest.mark.parametrize(
+    "event_source", [["aws.events"], {"a": 1}, None, 7], ids=["list", "object", "null", "number"]
+)
+def test_scheduled_event_with_an_odd_source_answers_bad_request(
+    invoke: Callable[[object], dict[str, Any]], event_source: object, published: str
+) -> None:
+    # Found by the fuzz: a list here was unhashable, and escaped the function as a TypeError.
+    event = load_event("eventbridge_scheduled")
+    event["source"] = event_source
+
+    error(invoke(event), "bad_request")
+
+
 def test_scheduled_event_without_a_snapshot_answers_snapshot_unavailable(
     invoke: Callable[[object], dict[str, Any]],
 ) -> None:
