@@ -224,35 +224,35 @@ def _key_problems(table: pa.Table, key_column: str) -> list[str]:
 
 def diff(new: pa.Table, old: pa.Table | None, *, key_column: str, previous_version: str | None
          ) -> Changes:  # fmt: skip
-    """Count keys added, removed, and present in both with any other value changed."""
+    """Count keys added, removed, and present in both with any other value changed.
+
+    Every column type is compared, nested ones included: lists element by element, maps entry
+    by entry in their order, structs field by field. A null equals only a null, and NaN equals
+    NaN (both render as null).
+    """
     if old is None:
         return Changes(previous_version, new.num_rows, 0, 0)
     new_keys, old_keys = new.column(key_column), old.column(key_column)
     added = pc.filter(new_keys, pc.invert(pc.is_in(new_keys, value_set=old_keys)))
     removed = pc.filter(old_keys, pc.invert(pc.is_in(old_keys, value_set=new_keys)))
+    # Pair rows by key through positions: Arrow's join cannot carry list, map or struct columns.
+    old_rows = pc.index_in(new_keys, value_set=old_keys)
+    new_rows = pc.indices_nonzero(old_rows.is_valid())
+    old_rows = old_rows.drop_null()
     shared = [n for n in new.column_names if n != key_column and n in old.column_names]
-    joined = new.select([key_column, *shared]).join(
-        old.select([key_column, *shared]), key_column, join_type="inner",
-        left_suffix="", right_suffix="__old",
-    )  # fmt: skip
-    changed_mask = pa.array(np.zeros(joined.num_rows, dtype=bool))
+    changed_mask = np.zeros(len(new_rows), dtype=bool)
     retyped = []
     for name in shared:
-        left, right = joined.column(name), joined.column(f"{name}__old")
+        left = new.column(name).take(new_rows).combine_chunks()
+        right = old.column(name).take(old_rows).combine_chunks()
         if value_type(left.type) != value_type(right.type):
             # A deliberate contract change: values of two types don't compare, so every row
             # counts as changed and the report names the column.
             retyped.append(name)
-            changed_mask = pa.array(np.ones(joined.num_rows, dtype=bool))
+            changed_mask[:] = True
             continue
-        if pa.types.is_dictionary(left.type):
-            left = left.cast(left.type.value_type)
-        if pa.types.is_dictionary(right.type):
-            right = right.cast(right.type.value_type)
-        differs = pc.fill_null(pc.not_equal(left, right), True)
-        both_null = pc.and_(pc.is_null(left), pc.is_null(right))
-        changed_mask = pc.or_(changed_mask, pc.and_(differs, pc.invert(both_null)))
-    changed = pc.filter(joined.column(key_column), changed_mask)
+        changed_mask |= _differs(left, right)
+    changed = new_keys.take(new_rows).filter(pa.array(changed_mask))
     return Changes(
         previous_version,
         len(added),
@@ -265,3 +265,93 @@ def diff(new: pa.Table, old: pa.Table | None, *, key_column: str, previous_versi
         },
         retyped,
     )
+
+
+def _differs(left: pa.Array, right: pa.Array) -> np.ndarray:
+    """Per row of two aligned arrays of one type, whether their values differ."""
+    left, right = _plain(left), _plain(right)
+    left_null = left.is_null().to_numpy(zero_copy_only=False)
+    right_null = right.is_null().to_numpy(zero_copy_only=False)
+    both = ~left_null & ~right_null
+    differs = left_null != right_null
+    if not both.any():
+        return differs
+    kind = left.type
+    if pa.types.is_struct(kind):
+        for left_field, right_field in zip(left.flatten(), right.flatten(), strict=True):
+            differs |= both & _differs(left_field, right_field)
+    elif _is_list(kind):
+        differs |= _lists_differ(left, right, both)
+    else:
+        differs |= both & _values_differ(left, right)
+    return differs
+
+
+def _plain(array: pa.Array) -> pa.Array:
+    """``array`` without dictionary or extension wrapping, and half floats widened."""
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        return _plain(array.dictionary_decode())
+    if isinstance(kind, pa.ExtensionType):
+        return _plain(array.storage)
+    if pa.types.is_float16(kind):
+        return array.cast(pa.float32())
+    return array
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(kind)
+        or pa.types.is_large_list(kind)
+        or pa.types.is_fixed_size_list(kind)
+        or pa.types.is_list_view(kind)
+        or pa.types.is_large_list_view(kind)
+        or pa.types.is_map(kind)
+    )
+
+
+def _bounds(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Where each slot of a list-like array starts in ``array.values``, and its length."""
+    kind = array.type
+    if pa.types.is_fixed_size_list(kind):
+        size = kind.list_size
+        return (np.arange(len(array)) + array.offset) * size, np.full(len(array), size)
+    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
+        starts = array.offsets.to_numpy(zero_copy_only=False)
+        return starts, array.sizes.to_numpy(zero_copy_only=False)
+    offsets = array.offsets.to_numpy(zero_copy_only=False)  # n + 1, already moved to the slice
+    return offsets[:-1], np.diff(offsets)
+
+
+def _lists_differ(left: pa.Array, right: pa.Array, both: np.ndarray) -> np.ndarray:
+    """Rows of two list-like arrays that differ in length or in any element (maps: entry)."""
+    left_starts, left_lengths = _bounds(left)
+    right_starts, right_lengths = _bounds(right)
+    differs = both & (left_lengths != right_lengths)
+    rows = np.flatnonzero(both & (left_lengths == right_lengths) & (left_lengths > 0))
+    if not len(rows):
+        return differs
+    # One flat index per element of the compared rows, into each side's values.
+    lengths = left_lengths[rows]
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    step = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    left_values = left.values.take(pa.array(np.repeat(left_starts[rows], lengths) + step))
+    right_values = right.values.take(pa.array(np.repeat(right_starts[rows], lengths) + step))
+    element_differs = _differs(left_values, right_values)
+    differs[rows] |= np.bincount(owner, weights=element_differs, minlength=len(rows)) > 0
+    return differs
+
+
+def _values_differ(left: pa.Array, right: pa.Array) -> np.ndarray:
+    """Elementwise inequality of two flat arrays; slots where either is null are arbitrary."""
+    if pa.types.is_null(left.type):
+        return np.zeros(len(left), dtype=bool)
+    try:
+        differs = pc.not_equal(left, right)
+    except pa.ArrowNotImplementedError:
+        # No kernel for this type (intervals, unions): compare Python values instead.
+        pairs = zip(left.to_pylist(), right.to_pylist(), strict=True)
+        return np.array([a != b for a, b in pairs], dtype=bool)
+    if pa.types.is_floating(left.type):
+        differs = pc.and_(differs, pc.invert(pc.and_(pc.is_nan(left), pc.is_nan(right))))
+    return differs.fill_null(False).to_numpy(zero_copy_only=False)
