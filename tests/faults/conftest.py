@@ -1,5 +1,5 @@
 """Fault-suite parts: a switchable TCP proxy in front of moto, botocore fault hooks, an S3 call
-log, hostile objects, and the real lookup function built over all of them.
+log, helpers that plant objects, and the real lookup function built over all of them.
 
 The cache's client is the product's own (``make_s3_client``), aimed at the proxy through
 ``AWS_ENDPOINT_URL_S3``. Faults enter at the boto3 boundary only: the proxy drops or breaks the
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 import json
 import logging
 import select
@@ -293,7 +292,6 @@ def error_response(status: int, code: str) -> Callable[[Any], AWSResponse]:
     def answer(request: Any) -> AWSResponse:
         return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Body(body))
 
-    answer.__name__ = f"answer_{status}_{code}"
     return answer
 
 
@@ -311,7 +309,6 @@ class StorageFaults:
     """``before-send.s3.*`` faults on one client: each applies to keys ending with a suffix."""
 
     rules: list[tuple[str, Callable[[Any], AWSResponse]]] = field(default_factory=list)
-    sent: int = 0  # attempts a fault answered (botocore's retries included)
 
     def attach(self, client: Any) -> None:
         client.meta.events.register_first("before-send.s3.*", self._before_send)
@@ -326,7 +323,6 @@ class StorageFaults:
         key = _object_key(request.url)
         for suffix, fault in list(self.rules):
             if key.endswith(suffix):
-                self.sent += 1
                 return fault(request)
         return None
 
@@ -421,15 +417,20 @@ def make_lookup(
         calls.attach(client)
         faults.attach(client)
         clock = FakeClock() if clocked else None
-        if clock is not None:
-            cache_with_clock = functools.partial(
-                SnapshotCache, clock=clock, logger=logging.getLogger(CACHE_LOGGER)
-            )
+        if clock is None:
+            built_service = build_service(settings, s3_client=client)
+        else:
+            caches: list[SnapshotCache] = []
+
+            def cache_with_clock(*args: Any, **kwargs: Any) -> SnapshotCache:
+                logger = logging.getLogger(CACHE_LOGGER)
+                caches.append(SnapshotCache(*args, **kwargs, clock=clock, logger=logger))
+                return caches[-1]
+
             with monkeypatch.context() as patch:
                 patch.setattr(service.handler, "SnapshotCache", cache_with_clock)
                 built_service = build_service(settings, s3_client=client)
-        else:
-            built_service = build_service(settings, s3_client=client)
+            assert caches == [built_service.cache], "build_service no longer builds its cache here"
         lookup = Lookup(LookupFunction(built_service), client, calls, faults, clock)
         built.append(lookup)
         return lookup
