@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cachetools import TTLCache
 
-from loaders.errors import Failure, SnapshotInvalidError, SnapshotTooLargeError, classify
+from loaders.errors import (
+    Failure,
+    ObjectNotFoundError,
+    SnapshotInvalidError,
+    SnapshotTooLargeError,
+    classify,
+)
 from loaders.index import KeyIndex
 from loaders.manifest import MAX_CLOCK_SKEW_SECONDS, utc_text
 from service.errors import SnapshotUnavailableError
@@ -154,6 +160,7 @@ class SnapshotCache:
         self._in_flight: _Check | None = None
         self._current: Loaded | None = None
         self._pointer_etag: str | None = None
+        self._rejected_version: str | None = None  # the last announced version found bad
 
     @property
     def version(self) -> str | None:
@@ -252,6 +259,10 @@ class SnapshotCache:
             if self.version == pointer.version:
                 self._pointer_etag = pointer.etag
                 return CheckOutcome.UNCHANGED
+            if pointer.version == self._rejected_version:
+                # Known bad (its pointer was re-read only because a fallback was incomplete):
+                # never download it again, only retry the fallback.
+                return self._fall_back(pointer)
             self._swap(self._load(pointer.version))
         except Exception as exc:  # noqa: BLE001 - classified below; nothing reaches a request
             return self._failed(exc, pointer)
@@ -267,34 +278,49 @@ class SnapshotCache:
             self._log.exception("refresh failed on a bug; serving %s", self.version)
             return CheckOutcome.FAILED
         self._log.error("snapshot rejected; serving %s: %s", self.version, exc)
-        etag = pointer.etag if pointer is not None else getattr(exc, "etag", None)  # bad pointer
-        if self._current is None and pointer is not None and pointer.previous:
-            return self._fall_back(pointer)
-        # Remember the pointer we rejected, so the next check is a cheap 304 until it moves.
-        self._pointer_etag = etag
-        return CheckOutcome.REJECTED
+        if pointer is None:  # the pointer itself is bad: remember it by the ETag it came with
+            self._pointer_etag = getattr(exc, "etag", None)
+            return CheckOutcome.REJECTED
+        self._rejected_version = pointer.version
+        return self._fall_back(pointer)
 
     def _fall_back(self, pointer: Pointer) -> CheckOutcome:
-        """Cold, with the announced version rejected: serve the newest previous one that loads."""
+        """With the announced version rejected and nothing good loaded (or only a degraded
+        one), serve the newest previous version that loads.
+
+        The pointer's ETag is remembered (so later checks are a cheap 304) unless a newer
+        candidate failed for a reason that may pass; then the next check retries the fallback.
+        """
+        current = self._current
+        if current is not None and not current.degraded:
+            self._pointer_etag = pointer.etag  # a warm reader keeps its own good version
+            return CheckOutcome.REJECTED
+        settled = True
         for version in pointer.previous:
+            if current is not None and version == current.manifest.version:
+                break  # nothing newer loads; keep serving this one
             try:
                 self._swap(self._load(version, degraded=True))
+            except ObjectNotFoundError as exc:
+                # Gone (deleted, or 403 without ListBucket): it cannot load; try an older one.
+                self._log.error("previous snapshot %s is missing: %s", version, exc)
+                continue
             except Exception as exc:  # noqa: BLE001 - classified below
-                if classify(exc) is Failure.PERMANENT:
-                    self._log.error("previous snapshot %s rejected too: %s", version, exc)
-                    continue
-                # Not known bad: leave the pointer unremembered so the next check tries again.
-                self._log.warning("falling back to %s failed: %s", version, exc)
-                return CheckOutcome.FAILED
-            self._pointer_etag = pointer.etag
+                if classify(exc) is not Failure.PERMANENT:
+                    settled = False
+                self._log.error("previous snapshot %s did not load: %s", version, exc)
+                continue
             self._log.warning(
                 "serving previous snapshot %s (degraded): %s was rejected",
                 version,
                 pointer.version,
             )
+            break
+        if settled:
+            self._pointer_etag = pointer.etag
+        if self._current is not current:
             return CheckOutcome.DEGRADED
-        self._pointer_etag = pointer.etag
-        return CheckOutcome.REJECTED
+        return CheckOutcome.REJECTED if settled else CheckOutcome.FAILED
 
     def _load(self, version: str, *, degraded: bool = False) -> Loaded:
         manifest = self._source.read_manifest(version)
@@ -309,8 +335,10 @@ class SnapshotCache:
         )
 
     def _admit(self, manifest: Manifest) -> None:
-        """Refuse a version before downloading it: wrong key, from the future, or too big."""
+        """Refuse a version before downloading it: empty, wrong key, from the future, too big."""
         version = manifest.version
+        if manifest.row_count < 1:
+            raise SnapshotInvalidError(f"snapshot {version} has no rows")
         if manifest.key_column != self._key_column:
             raise SnapshotInvalidError(
                 f"snapshot {version} is keyed by {manifest.key_column!r}, not {self._key_column!r}"
