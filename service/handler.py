@@ -114,7 +114,7 @@ def _route_match(method: str, path: str) -> tuple[str, dict[str, str]] | None:
     """The rule and arguments of the route for ``method path`` that Powertools did not match.
 
     Powertools' ``<param>`` takes URI characters only, ours anything but "/": a key holding
-    others (a quote, a NUL) is still this route's, and gets its check's 400, not a 404.
+    others (a quote, a backslash) is still this route's, and gets its check's 400, not a 404.
     """
     for rule, route_method, pattern in _ROUTE_PATTERNS:
         match = pattern.fullmatch(path)
