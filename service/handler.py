@@ -41,6 +41,7 @@ from service.errors import (
     internal_error_body,
     to_response,
 )
+from service.memory import pin_mmap_threshold
 from service.settings import Settings, in_lambda
 
 if TYPE_CHECKING:
@@ -49,9 +50,10 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 # The snapshot lives long in a small process. With glibc malloc, Arrow hands decode buffers
-# back and the loaded snapshot costs about 1.05x its nbytes in RSS; the default mimalloc kept
-# them (about 1.5x), and loads were no faster (scripts/bench.py, 1M rows).
+# back; the default mimalloc kept them (about 1.5x nbytes), and loads were no faster. With the
+# mmap threshold pinned, RSS stays flat across refreshes (scripts/bench.py --soak, 1M rows).
 pa.set_memory_pool(pa.system_memory_pool())
+pin_mmap_threshold()
 
 logger = Logger(service="customer-lookup")
 copy_config_to_registered_loggers(source_logger=logger, include={"service", "loaders"})
