@@ -111,13 +111,25 @@ class ReadBackWorker:
         Raises
         ------
         SnapshotInvalidError
-            If the bytes do not decode, do not index, a lookup fails, or the child dies or
-            runs past ``timeout_seconds``.
+            If the bytes do not decode, do not index, a lookup fails, the check runs past
+            ``timeout_seconds``, or the child dies on it twice.
         """
         with self._lock:
-            reply = self._ask(body, key_column)
+            try:
+                reply = self._ask(body, key_column)
+            except _ChildLost:
+                # A child can die between checks (killed for memory, say): one fresh try.
+                try:
+                    reply = self._ask(body, key_column)
+                except _ChildLost as exc:
+                    raise SnapshotInvalidError(
+                        f"the read-back process died twice on this snapshot: {exc}"
+                    ) from exc
         if "error" in reply:
             raise SnapshotInvalidError(f"read back as a reader would: {reply['error']}")
+        if reply["pandas_imported"]:
+            # Then the check did not see what the Lambda sees: never publish on its word.
+            raise RuntimeError("the read-back process imported pandas")
         return ReadBack(
             columns=tuple(Column(name, kind) for name, kind in reply["columns"]),
             row_count=reply["row_count"],
@@ -125,14 +137,20 @@ class ReadBackWorker:
             rows_checked=reply["rows_checked"],
         )
 
-    def close(self) -> None:
-        """Stop the child; the next check starts a new one."""
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while one is running."""
+        process = self._process
+        return None if process is None or process.poll() is not None else process.pid
+
+    def close(self, *, kill: bool = False) -> None:
+        """Stop the child (``kill``: at once, not after its check); the next check starts one."""
         process, self._process = self._process, None
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
         if process is not None:
-            _stop(process)
+            _stop(process, kill=kill)
 
     def _ask(self, body: bytes, key_column: str) -> dict[str, Any]:
         process, stdin, stdout = self._running()
@@ -143,20 +161,17 @@ class ReadBackWorker:
             stdin.flush()
             ready, _, _ = select.select([stdout], [], [], self.timeout_seconds)
             line = stdout.readline() if ready else None
-        except OSError as exc:  # the child died while we wrote (BrokenPipeError)
-            self.close()
-            raise SnapshotInvalidError(f"the read-back process failed: {exc}") from exc
+        except OSError as exc:  # the child died before it read everything (BrokenPipeError)
+            self.close(kill=True)
+            raise _ChildLost(f"{type(exc).__name__}: {exc}") from exc
         if line is None:
-            self.close()
+            self.close(kill=True)  # stuck, or slower than we can wait for: either way, gone
             raise SnapshotInvalidError(
-                f"read-back did not finish within {self.timeout_seconds:.0f}s; stopped it"
+                f"read-back did not finish within {self.timeout_seconds:g}s; stopped it"
             )
         if not line:
-            code = process.poll()
-            self.close()
-            raise SnapshotInvalidError(
-                f"the read-back process exited (code {code}) without an answer; see its stderr"
-            )
+            self.close(kill=True)
+            raise _ChildLost(f"exit code {process.returncode}; its stderr says why")
         return json.loads(line)
 
     def _running(self) -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
@@ -169,7 +184,7 @@ class ReadBackWorker:
         return process, process.stdin, process.stdout
 
     def _start(self) -> None:
-        self.close()
+        self.close(kill=True)
         # cwd puts this package first on the child's path (``-m`` adds the working directory).
         process = subprocess.Popen(
             [sys.executable, "-m", "loaders.readback", "--serve"],
@@ -181,11 +196,17 @@ class ReadBackWorker:
         self._finalizer = weakref.finalize(self, _stop, process)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    # Closing stdin ends the child's loop; kill it if it is stuck in a check.
+class _ChildLost(Exception):
+    """The child ended without answering."""
+
+
+def _stop(process: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    # Closing stdin ends the child's loop after its current check; kill ends it now.
     with contextlib.suppress(OSError):
         if process.stdin is not None:
             process.stdin.close()
+    if kill:
+        process.kill()
     try:
         process.wait(timeout=5)
     except subprocess.TimeoutExpired:
