@@ -28,7 +28,7 @@ import sqlparse.sql
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlparse import tokens as T
 
-from loaders.errors import QueryFailedError
+from loaders.errors import QueryFailedError, SnapshotInvalidError
 from loaders.store import parse_uri
 
 Progress = Callable[[str], None]
@@ -321,7 +321,29 @@ class DuckDBEngine:
                 raise QueryFailedError(f"DuckDB could not run the query: {exc}") from exc
             finally:
                 con.close()
-            return pq.read_table(out)
+            return _read_result(out)
+
+
+def _read_result(path: Path) -> pa.Table:
+    """Read DuckDB's Parquet result, refusing what pyarrow would read as something else.
+
+    DuckDB writes INTERVAL as 12 raw bytes with Parquet's INTERVAL annotation, which pyarrow
+    reads as plain binary: served, it would be base64 noise. Only the Parquet schema tells.
+    """
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema
+        for i in range(len(schema)):
+            column = schema.column(i)
+            if column.converted_type == "INTERVAL":
+                name = column.path.split(".")[0]
+                raise SnapshotInvalidError(
+                    f"column {name!r} is an INTERVAL, which cannot be served; "
+                    "cast it to a number of seconds or to text in the query"
+                )
+        return parquet.read()
+    except pa.ArrowException as exc:
+        raise QueryFailedError(f"DuckDB's result is not readable Parquet: {exc}") from exc
 
 
 def _reader(path: Path) -> str:

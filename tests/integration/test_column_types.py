@@ -496,12 +496,6 @@ def test_a_type_that_cannot_be_served_fails_the_build_and_writes_nothing(
     assert not store.root.exists() or not any(store.root.rglob("*"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DuckDB writes INTERVAL as Parquet FIXED_LEN_BYTE_ARRAY(12) with the INTERVAL "
-    "logical type, which pyarrow reads as fixed_size_binary[12]: only DuckDBEngine, which "
-    "sees the Parquet schema, can tell it from binary (loaders/engines.py)",
-)
 def test_duckdb_interval_fails_the_build_and_writes_nothing(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "snapshots")
 
