@@ -552,13 +552,14 @@ def _children(array: pa.Array) -> list[pa.Array]:
         return [array.storage]
     if pa.types.is_struct(kind):
         return list(array.flatten())
-    if _is_list(kind):
+    if is_list_like(kind):
         child, _, _ = _slots(array)
         return [child]
     return []
 
 
-def _is_list(kind: pa.DataType) -> bool:
+def is_list_like(kind: pa.DataType) -> bool:
+    """Whether ``kind`` holds a list of values per slot (lists of every kind, and maps)."""
     return (
         pa.types.is_list(kind)
         or pa.types.is_large_list(kind)
@@ -570,7 +571,22 @@ def _is_list(kind: pa.DataType) -> bool:
 
 
 def _is_nested(kind: pa.DataType) -> bool:
-    return _is_list(kind) or pa.types.is_struct(kind) or isinstance(kind, pa.ExtensionType)
+    return is_list_like(kind) or pa.types.is_struct(kind) or isinstance(kind, pa.ExtensionType)
+
+
+def list_bounds(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Where each slot of a list-like array starts and ends in ``array.values``."""
+    kind = array.type
+    if pa.types.is_fixed_size_list(kind):
+        size = kind.list_size
+        starts = (np.arange(len(array)) + array.offset) * size
+        return starts, starts + size
+    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
+        starts = array.offsets.to_numpy(zero_copy_only=False)
+        return starts, starts + array.sizes.to_numpy(zero_copy_only=False)
+    # list, large_list and map: n + 1 offsets, already moved to the slice
+    offsets = array.offsets.to_numpy(zero_copy_only=False)
+    return offsets[:-1], offsets[1:]
 
 
 def _slots(array: pa.Array) -> tuple[pa.Array, list[int], list[int]]:
@@ -579,17 +595,7 @@ def _slots(array: pa.Array) -> tuple[pa.Array, list[int], list[int]]:
     The child is cut to the span of the valid slots, and the bounds are relative to that cut,
     so the values behind a slice or a null slot are never rendered.
     """
-    kind = array.type
-    if pa.types.is_fixed_size_list(kind):
-        size = kind.list_size
-        starts = (np.arange(len(array)) + array.offset) * size
-        ends = starts + size
-    elif pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
-        starts = array.offsets.to_numpy(zero_copy_only=False)
-        ends = starts + array.sizes.to_numpy(zero_copy_only=False)
-    else:  # list, large_list and map: n + 1 offsets, already moved to the slice
-        offsets = array.offsets.to_numpy(zero_copy_only=False)
-        starts, ends = offsets[:-1], offsets[1:]
+    starts, ends = list_bounds(array)
     if array.null_count:
         valid = array.is_valid().to_numpy(zero_copy_only=False)
         starts, ends = np.where(valid, starts, 0), np.where(valid, ends, 0)
@@ -621,7 +627,7 @@ def _json_values(array: pa.Array) -> list[Any]:
         return [None if t is None else render(t) for t in array.view(_tick_type(kind)).to_pylist()]
     if pa.types.is_struct(kind):
         return _struct_values(array)
-    if _is_list(kind):
+    if is_list_like(kind):
         return _list_values(array)
     if pa.types.is_floating(kind) and kind.bit_width == 16:
         array = array.cast(pa.float64())

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loaders.errors import SnapshotInvalidError
+from loaders.index import is_list_like, list_bounds
 from loaders.manifest import Column
 from loaders.snapshot import MAX_EXAMPLES, check_keys, sort_by_key, value_type
 
@@ -280,7 +281,7 @@ def _differs(left: pa.Array, right: pa.Array) -> np.ndarray:
     if pa.types.is_struct(kind):
         for left_field, right_field in zip(left.flatten(), right.flatten(), strict=True):
             differs |= both & _differs(left_field, right_field)
-    elif _is_list(kind):
+    elif is_list_like(kind):
         differs |= _lists_differ(left, right, both)
     else:
         differs |= both & _values_differ(left, right)
@@ -299,28 +300,10 @@ def _plain(array: pa.Array) -> pa.Array:
     return array
 
 
-def _is_list(kind: pa.DataType) -> bool:
-    return (
-        pa.types.is_list(kind)
-        or pa.types.is_large_list(kind)
-        or pa.types.is_fixed_size_list(kind)
-        or pa.types.is_list_view(kind)
-        or pa.types.is_large_list_view(kind)
-        or pa.types.is_map(kind)
-    )
-
-
 def _bounds(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Where each slot of a list-like array starts in ``array.values``, and its length."""
-    kind = array.type
-    if pa.types.is_fixed_size_list(kind):
-        size = kind.list_size
-        return (np.arange(len(array)) + array.offset) * size, np.full(len(array), size)
-    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
-        starts = array.offsets.to_numpy(zero_copy_only=False)
-        return starts, array.sizes.to_numpy(zero_copy_only=False)
-    offsets = array.offsets.to_numpy(zero_copy_only=False)  # n + 1, already moved to the slice
-    return offsets[:-1], np.diff(offsets)
+    starts, ends = list_bounds(array)
+    return starts, ends - starts
 
 
 def _lists_differ(left: pa.Array, right: pa.Array, both: np.ndarray) -> np.ndarray:

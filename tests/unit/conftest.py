@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -149,8 +149,9 @@ def make_cache(
     clock: FakeClock,
     wall_clock: FakeClock,
     logger: logging.Logger | None = None,
+    **options: Any,
 ) -> SnapshotCache:
-    """A SnapshotCache with the unit tests' TTL and staleness settings."""
+    """A SnapshotCache with the unit tests' TTL and staleness settings, plus ``options``."""
     return SnapshotCache(
         source,
         key_column=KEY_COLUMN,
@@ -159,6 +160,7 @@ def make_cache(
         clock=clock,
         wall_clock=wall_clock,
         logger=logger,
+        **options,
     )
 
 

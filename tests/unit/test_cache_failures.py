@@ -17,7 +17,7 @@ from loaders.manifest import MAX_CLOCK_SKEW_SECONDS
 from service.cache import SnapshotCache
 from service.errors import SnapshotUnavailableError
 from tests.conftest import T0, customers
-from tests.unit.conftest import KEY_COLUMN, MAX_STALENESS_SECONDS, TTL_SECONDS, InMemorySource
+from tests.unit.conftest import TTL_SECONDS, InMemorySource, make_cache
 
 if TYPE_CHECKING:
     from loaders.manifest import Manifest, Pointer
@@ -48,18 +48,6 @@ class SlowSource(InMemorySource):
     def read_data(self, manifest: Manifest) -> Snapshot:
         self._maybe_block()
         return super().read_data(manifest)
-
-
-def cache_over(source: InMemorySource, clock: FakeClock, wall_clock: FakeClock, **kwargs: Any):
-    return SnapshotCache(
-        source,
-        key_column=KEY_COLUMN,
-        ttl_seconds=TTL_SECONDS,
-        max_staleness_seconds=MAX_STALENESS_SECONDS,
-        clock=clock,
-        wall_clock=wall_clock,
-        **kwargs,
-    )
 
 
 @pytest.fixture
@@ -138,7 +126,7 @@ def test_hung_pointer_check_holds_a_warm_request_only_up_to_the_refresh_wait(
     slow: SlowSource, clock: FakeClock, wall_clock: FakeClock, small_table: Any
 ) -> None:
     old = slow.publish(small_table)
-    cache = cache_over(slow, clock, wall_clock, refresh_wait_seconds=SHORT_WAIT_SECONDS)
+    cache = make_cache(slow, clock, wall_clock, refresh_wait_seconds=SHORT_WAIT_SECONDS)
     cache.get()
     new = slow.publish(customers([NEW_KEY]))
     slow.blocking = True
@@ -159,7 +147,7 @@ def test_requests_during_a_hung_check_do_not_wait_at_all(
     slow: SlowSource, clock: FakeClock, wall_clock: FakeClock, small_table: Any
 ) -> None:
     old = slow.publish(small_table)
-    cache = cache_over(slow, clock, wall_clock, refresh_wait_seconds=SHORT_WAIT_SECONDS)
+    cache = make_cache(slow, clock, wall_clock, refresh_wait_seconds=SHORT_WAIT_SECONDS)
     cache.get()
     slow.blocking = True
     clock.advance(TTL_SECONDS + 1)
@@ -179,7 +167,7 @@ def test_hung_first_load_answers_503_with_retry_after_at_the_load_wait(
 ) -> None:
     version = slow.publish(small_table)
     slow.blocking = True
-    cache = cache_over(
+    cache = make_cache(
         slow, clock, wall_clock, load_wait_seconds=SHORT_WAIT_SECONDS, retry_after_seconds=7
     )
 
@@ -197,7 +185,7 @@ def test_refresh_returns_at_the_deadline_while_the_check_goes_on(
     slow: SlowSource, clock: FakeClock, wall_clock: FakeClock, small_table: Any
 ) -> None:
     slow.publish(small_table)
-    cache = cache_over(slow, clock, wall_clock, refresh_wait_seconds=SHORT_WAIT_SECONDS)
+    cache = make_cache(slow, clock, wall_clock, refresh_wait_seconds=SHORT_WAIT_SECONDS)
     cache.get()
     new = slow.publish(customers([NEW_KEY]))
     slow.blocking = True
@@ -322,7 +310,7 @@ def test_version_that_cannot_fit_beside_the_current_one_is_refused_with_both_fig
     small_table: Any,
 ) -> None:
     caplog.set_level(logging.INFO)
-    cache = cache_over(source, clock, wall_clock, memory_budget_bytes=100 << 20)
+    cache = make_cache(source, clock, wall_clock, memory_budget_bytes=100 << 20)
     old = source.publish(small_table)
     _with_table_bytes(source, old, 40 << 20)
     cache.get()
@@ -338,7 +326,7 @@ def test_version_that_cannot_fit_beside_the_current_one_is_refused_with_both_fig
 def test_version_that_fits_the_budget_is_loaded(
     source: InMemorySource, clock: FakeClock, wall_clock: FakeClock, small_table: Any
 ) -> None:
-    cache = cache_over(source, clock, wall_clock, memory_budget_bytes=100 << 20)
+    cache = make_cache(source, clock, wall_clock, memory_budget_bytes=100 << 20)
     version = source.publish(small_table)
     _with_table_bytes(source, version, 10 << 20)
 
@@ -349,7 +337,7 @@ def test_memory_is_handed_back_after_each_swap(
     source: InMemorySource, clock: FakeClock, wall_clock: FakeClock, small_table: Any
 ) -> None:
     releases: list[str | None] = []
-    cache = cache_over(source, clock, wall_clock, release_memory=lambda: releases.append(None))
+    cache = make_cache(source, clock, wall_clock, release_memory=lambda: releases.append(None))
     source.publish(small_table)
     cache.get()
     source.publish(customers([NEW_KEY]))
@@ -367,7 +355,7 @@ def test_cache_logs_through_its_module_logger_by_default(
     small_table: Any,
 ) -> None:
     caplog.set_level(logging.INFO, logger="service.cache")
-    cache = cache_over(source, clock, wall_clock)
+    cache = make_cache(source, clock, wall_clock)
     source.publish(small_table)
 
     cache.get()
