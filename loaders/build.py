@@ -42,11 +42,12 @@ Progress = Callable[[str], None]
 
 
 class Outcome(enum.StrEnum):
-    """How a build ended, when it did not raise.
+    """How a build ended.
 
-    Each outcome has a log level (:data:`LOG_LEVELS`) and a ``snapshotctl build`` exit status
-    (``loaders.cli.EXIT_STATUS``); a new outcome needs both. Issue 9 adds ``rejected``,
-    ``failed``, ``unchanged`` and ``pinned``.
+    Each outcome has a log level (:data:`LOG_LEVELS`), a ``snapshotctl build`` exit status
+    (``loaders.cli.EXIT_STATUS``) and a metric (``loaders.metrics.build_metric``); a new
+    outcome needs all three. ``build()`` returns the first four; a rejected or failed build
+    raises, and the outcome names it in build records and metrics.
     """
 
     ANNOUNCED = "announced"
@@ -54,11 +55,23 @@ class Outcome(enum.StrEnum):
     SUPERSEDED = "superseded"
     """The new version is published, but one whose query started later stands in ``CURRENT``;
     it was not announced."""
+    UNCHANGED = "unchanged"
+    """The source's fingerprint equals the current snapshot's: no query ran, nothing written."""
+    PINNED = "pinned"
+    """The new version is published for inspection, but ``CURRENT`` is pinned: not announced."""
+    REJECTED = "rejected"
+    """Validation refused the rows: nothing written, ``CURRENT`` untouched."""
+    FAILED = "failed"
+    """The query or the store failed: ``CURRENT`` untouched."""
 
 
 LOG_LEVELS: dict[Outcome, int] = {
     Outcome.ANNOUNCED: logging.INFO,
     Outcome.SUPERSEDED: logging.WARNING,
+    Outcome.UNCHANGED: logging.INFO,
+    Outcome.PINNED: logging.WARNING,
+    Outcome.REJECTED: logging.ERROR,
+    Outcome.FAILED: logging.ERROR,
 }
 
 

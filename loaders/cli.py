@@ -8,9 +8,11 @@
 Exit status of build (list and show exit 0, 1 or 2):
 
     0  announced: the new version is published and CURRENT names it
+    0  unchanged: the source has not changed since the current snapshot; no query ran
     1  rejected or failed: CURRENT was not moved; a one-line reason is on stderr
     2  usage: bad options
     3  superseded: published, but a version whose query started later stands in CURRENT
+    4  pinned: published for inspection, but CURRENT is pinned, so it was not announced
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ from loaders.settings import BuildConfigError, BuildSettings, storage_from_env
 
 EXIT_FAILURE = 1  # rejected or failed; argparse exits 2 on bad options
 # One exit status per build outcome; every Outcome needs one.
+# Both healthy ends exit 0 (a scheduler need not tell them apart); rejected and failed builds
+# raise and exit EXIT_FAILURE.
 EXIT_STATUS: dict[Outcome, int] = {
     Outcome.ANNOUNCED: 0,
+    Outcome.UNCHANGED: 0,
     Outcome.SUPERSEDED: 3,
+    Outcome.PINNED: 4,
 }
 
 

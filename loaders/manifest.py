@@ -175,20 +175,45 @@ def _parse_utc(text: object) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class Pin:
+    """An operator's hold on the pointer's version: builds publish but do not announce."""
+
+    by: str
+    at: datetime
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"by": self.by, "at": utc_text(self.at) or "", "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, doc: object) -> Pin:
+        if not isinstance(doc, dict):
+            raise TypeError(f"pin must be an object, got {type(doc).__name__}")
+        return cls(
+            by=_typed(doc, "by", str), at=_parse_utc(doc["at"]), reason=_typed(doc, "reason", str)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Pointer:
     """The current version as read from ``CURRENT``, with the ETag it was read at.
 
     ``previous`` lists up to :data:`PREVIOUS_DEPTH` earlier announced versions, newest first.
-    Readers that know only ``{"version"}`` ignore it.
+    ``pin``, when set, holds ``version`` in place (``snapshotctl pin``/``rollback``). Readers
+    that know only ``{"version"}`` ignore both.
     """
 
     version: str
     etag: str
     previous: tuple[str, ...] = ()
+    pin: Pin | None = None
 
     def to_json(self) -> bytes:
         """The pointer document (the ETag is the store's, not part of it)."""
-        return json.dumps({"version": self.version, "previous": list(self.previous)}).encode()
+        doc: dict[str, Any] = {"version": self.version, "previous": list(self.previous)}
+        if self.pin is not None:
+            doc["pin"] = self.pin.to_dict()
+        return json.dumps(doc).encode()
 
     @classmethod
     def from_json(cls, body: bytes, etag: str) -> Pointer:
@@ -204,10 +229,12 @@ class Pointer:
             previous = doc.get("previous", [])
             if not isinstance(previous, list):
                 raise TypeError(f"previous must be a list, got {type(previous).__name__}")
+            pin = doc.get("pin")
             return cls(
                 check_version(doc["version"]),
                 etag,
                 tuple(check_version(v) for v in previous[:PREVIOUS_DEPTH]),
+                None if pin is None else Pin.from_dict(pin),
             )
         except _PARSE_ERRORS as exc:
             raise SnapshotInvalidError(f"bad pointer: {exc}") from exc
@@ -245,13 +272,17 @@ def read_manifest(store: ObjectStore, version: str) -> Manifest:
     )
 
 
-def announce(store: ObjectStore, version: str, *, previous: Pointer | None) -> Pointer:
+def announce(
+    store: ObjectStore, version: str, *, previous: Pointer | None, pin: Pin | None = None
+) -> Pointer:
     """Point ``CURRENT`` at ``version`` by compare-and-swap; this is always the last write.
 
     Parameters
     ----------
     previous : Pointer or None
         The pointer as read before publishing; ``None`` for the first publish.
+    pin : Pin, optional
+        Hold ``version`` in place; without one, any pin on ``previous`` is cleared.
 
     Raises
     ------
@@ -260,12 +291,12 @@ def announce(store: ObjectStore, version: str, *, previous: Pointer | None) -> P
     """
     check_version(version)
     chain = () if previous is None else previous.succeeded_by(version)
-    body = Pointer(version, "", chain).to_json()
+    body = Pointer(version, "", chain, pin).to_json()
     if previous is None:
         etag = store.put(POINTER_KEY, body, if_none_match="*")
     else:
         etag = store.put(POINTER_KEY, body, if_match=previous.etag)
-    return Pointer(version, etag, chain)
+    return Pointer(version, etag, chain, pin)
 
 
 def try_read_pointer(store: ObjectStore) -> Pointer | None:
