@@ -180,3 +180,8 @@ class MetricsRecorder:
         else:  # stdout is how EMF reaches CloudWatch Logs, one line per document
             sys.stdout.write(document + "\n")
         return document
+
+
+def quiet_recorder(service: str) -> MetricsRecorder:
+    """A recorder that counts but never prints (tests, tools, anything outside Lambda)."""
+    return MetricsRecorder(namespace=DEFAULT_NAMESPACE, service=service, enabled=False)

@@ -32,11 +32,13 @@ from loaders.errors import (
 )
 from loaders.index import KeyIndex
 from loaders.manifest import MAX_CLOCK_SKEW_SECONDS, utc_text
+from loaders.metrics import Metric, pointer_check_metric
 from service.errors import SnapshotUnavailableError
 from service.memory import projected_bytes, release_unused
 
 if TYPE_CHECKING:
     from loaders.manifest import Manifest, Pointer
+    from loaders.metrics import MetricsRecorder
     from loaders.snapshot import Snapshot
 
 Clock = Callable[[], float]
@@ -66,6 +68,14 @@ class CheckOutcome(enum.Enum):
     REJECTED = "rejected"  # the announced version is bad; the last good one is kept
     FAILED = "failed"  # storage, time, memory, or a bug; tried again after the TTL
     PENDING = "pending"  # still running when the caller's deadline passed
+
+
+# Outcomes after which the pointer is known to name what is served (or, degraded, known bad).
+_CONFIRMED = frozenset({CheckOutcome.UNCHANGED, CheckOutcome.LOADED, CheckOutcome.DEGRADED})
+
+
+def _utc_text(epoch_seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_seconds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +134,8 @@ class SnapshotCache:
         Epoch seconds, for snapshot age and the future-version check.
     release_memory : callable
         Hands freed pages back to the system after a swap.
+    metrics : MetricsRecorder, optional
+        Counts pointer checks by outcome, and samples each load's seconds, rows and bytes.
     """
 
     def __init__(
@@ -140,6 +152,7 @@ class SnapshotCache:
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         release_memory: Callable[[], None] = release_unused,
+        metrics: MetricsRecorder | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     ) -> None:
         self._source = source
@@ -151,6 +164,8 @@ class SnapshotCache:
         self._memory_budget_bytes = memory_budget_bytes
         self._wall_clock = wall_clock
         self._release_memory = release_memory
+        self._metrics = metrics
+        self._clock = clock
         self._log = logger or globals()["logger"]
         # A one-slot TTLCache is the "pointer checked recently" gate: when its entry expires
         # the next request re-checks. The snapshot itself never lives in a TTLCache, because
@@ -161,6 +176,7 @@ class SnapshotCache:
         self._current: Loaded | None = None
         self._pointer_etag: str | None = None
         self._rejected_version: str | None = None  # the last announced version found bad
+        self._checked_at: str | None = None  # when the pointer last confirmed what is served
 
     @property
     def version(self) -> str | None:
@@ -209,6 +225,11 @@ class SnapshotCache:
         check = self._in_flight
         return check is None or check.done.wait(timeout_seconds)
 
+    def age_seconds(self) -> float | None:
+        """Age of the served snapshot's data (since its query started), if one is loaded."""
+        current = self._current
+        return None if current is None else max(0.0, self._wall_clock() - current.created_at_epoch)
+
     def _status(self, loaded: Loaded) -> dict[str, Any]:
         age = max(0.0, self._wall_clock() - loaded.created_at_epoch)
         status = {
@@ -216,6 +237,7 @@ class SnapshotCache:
             "created_at": loaded.created_at_text,
             "age_seconds": int(age),
             "stale": age > self._max_staleness_seconds,
+            "checked_at": self._checked_at,
         }
         if loaded.degraded:
             status["degraded"] = True
@@ -241,7 +263,11 @@ class SnapshotCache:
 
     def _run(self, check: _Check) -> None:
         try:
-            check.outcome = self._check_pointer()
+            check.outcome = outcome = self._check_pointer()
+            if outcome in _CONFIRMED:
+                self._checked_at = _utc_text(self._wall_clock())
+            if self._metrics is not None:
+                self._metrics.count(pointer_check_metric(outcome.value))
         finally:
             # Failed or not, the next check waits a TTL: a failing store is not hammered.
             # Without a snapshot, every request tries again (joining any check in flight).
@@ -323,16 +349,22 @@ class SnapshotCache:
         return CheckOutcome.REJECTED if settled else CheckOutcome.FAILED
 
     def _load(self, version: str, *, degraded: bool = False) -> Loaded:
+        started = self._clock()
         manifest = self._source.read_manifest(version)
         self._admit(manifest)
         snapshot = self._source.read_data(manifest)
-        return Loaded(
+        loaded = Loaded(
             manifest=manifest,
             index=KeyIndex(snapshot.table, manifest.key_column),
             created_at_epoch=manifest.created_at.timestamp(),
             created_at_text=utc_text(manifest.created_at) or "",
             degraded=degraded,
         )
+        if self._metrics is not None:
+            self._metrics.sample(Metric.LOAD_SECONDS, self._clock() - started)
+            self._metrics.sample(Metric.LOAD_ROWS, manifest.row_count)
+            self._metrics.sample(Metric.LOAD_BYTES, manifest.bytes)
+        return loaded
 
     def _admit(self, manifest: Manifest) -> None:
         """Refuse a version before downloading it: empty, wrong key, from the future, too big."""

@@ -15,7 +15,7 @@ import functools
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -29,6 +29,7 @@ from aws_lambda_powertools.event_handler import (
 from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
+from loaders.metrics import LOOKUP_SERVICE, Metric, MetricsRecorder, quiet_recorder
 from loaders.snapshot import SnapshotReader
 from loaders.store import make_s3_client, open_store, parse_uri
 from service import routes
@@ -81,12 +82,22 @@ class Service:
 
     settings: Settings
     cache: SnapshotCache
+    metrics: MetricsRecorder = field(default_factory=lambda: quiet_recorder(LOOKUP_SERVICE))
 
 
-def build_service(settings: Settings, *, s3_client: Any = None) -> Service:
-    """Open the snapshot store named by ``settings`` and wrap it in a cache (loads lazily)."""
+def build_service(
+    settings: Settings, *, s3_client: Any = None, metrics: MetricsRecorder | None = None
+) -> Service:
+    """Open the snapshot store named by ``settings`` and wrap it in a cache (loads lazily).
+
+    Metrics print (as EMF) only in Lambda unless a recorder is given.
+    """
     if s3_client is None and parse_uri(settings.snapshot_uri)[0] == "s3":
         s3_client = make_s3_client(settings.storage)
+    if metrics is None:
+        metrics = MetricsRecorder(
+            namespace=settings.metrics_namespace, service=LOOKUP_SERVICE, enabled=in_lambda()
+        )
     store = open_store(settings.snapshot_uri, s3_client=s3_client)
     cache = SnapshotCache(
         SnapshotReader(store),
@@ -98,8 +109,9 @@ def build_service(settings: Settings, *, s3_client: Any = None) -> Service:
         # A client that retries after this finds the load finished or given up on.
         retry_after_seconds=max(1, math.ceil(settings.cold_load_wait_seconds)),
         memory_budget_bytes=settings.memory_budget_bytes,
+        metrics=metrics,
     )
-    return Service(settings, cache)
+    return Service(settings, cache, metrics)
 
 
 def _json_response(
@@ -139,10 +151,10 @@ def _route_error(method: str, path: str) -> tuple[AppError, dict[str, str] | Non
 
 def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
     """Attach the lookup routes and the one error mapping to a Powertools resolver."""
-    cache = service.cache
+    cache, metrics = service.cache, service.metrics
 
     def get_customer(customer_id: str) -> Response:
-        return _json_response(200, routes.get_customer(cache, customer_id))
+        return _json_response(200, routes.get_customer(cache, customer_id, metrics=metrics))
 
     def get_customers() -> Response:
         try:
@@ -153,7 +165,10 @@ def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
             raise BadRequestError("request body is not valid base64") from None
         payload = routes.parse_json_body(body)
         return _json_response(
-            200, routes.get_customers(cache, payload, max_keys=service.settings.max_batch_keys)
+            200,
+            routes.get_customers(
+                cache, payload, max_keys=service.settings.max_batch_keys, metrics=metrics
+            ),
         )
 
     def health() -> Response:
@@ -317,9 +332,27 @@ class LookupFunction:
         self.service = service
         self._http = _register(APIGatewayHttpResolver(), service)
         self._rest = _register(APIGatewayRestResolver(), service)
+        self._cold = True  # the container's first invocation is its cold start
 
     def __call__(self, event: Any, context: LambdaContext) -> dict[str, Any]:
         kind = event_kind(event)
+        try:
+            return self._answer(kind, event, context)
+        finally:
+            self._flush_metrics()
+
+    def _flush_metrics(self) -> None:
+        """One EMF document per invocation: what it counted, plus the container's gauges."""
+        metrics = self.service.metrics
+        if self._cold:
+            self._cold = False
+            metrics.count(Metric.COLD_STARTS)
+        age = self.service.cache.age_seconds()
+        if age is not None:
+            metrics.sample(Metric.SNAPSHOT_AGE, age)
+        metrics.flush()
+
+    def _answer(self, kind: str, event: Any, context: LambdaContext) -> dict[str, Any]:
         try:
             if kind in _API_NAMES:
                 return self._resolve(kind, event, context)
@@ -348,7 +381,12 @@ class LookupFunction:
         try:
             if kind == "schedule":
                 return routes.scheduled_refresh(cache)
-            return routes.direct(cache, event, max_keys=self.service.settings.max_batch_keys)
+            return routes.direct(
+                cache,
+                event,
+                max_keys=self.service.settings.max_batch_keys,
+                metrics=self.service.metrics,
+            )
         except AppError as exc:
             return to_response(exc)[1]
 

@@ -10,9 +10,11 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from loaders.metrics import Metric
 from service.errors import BadRequestError, KeyNotFoundError
 
 if TYPE_CHECKING:
+    from loaders.metrics import MetricsRecorder
     from service.cache import SnapshotCache
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -63,23 +65,39 @@ def parse_json_body(body: str | bytes | None) -> Any:
         raise BadRequestError("request body is nested too deeply") from None
 
 
-def get_customer(cache: SnapshotCache, customer_id: object) -> dict[str, Any]:
+def get_customer(
+    cache: SnapshotCache, customer_id: object, *, metrics: MetricsRecorder | None = None
+) -> dict[str, Any]:
     """``{"item", "snapshot"}`` for one key; ``KeyNotFoundError`` (with snapshot) if absent."""
     key = check_key(customer_id)
     serving = cache.get()
     row = serving.index.get(key)
+    if metrics is not None:
+        metrics.count(Metric.LOOKUPS)
+        if row is None:
+            metrics.count(Metric.MISSES)
     if row is None:
         raise KeyNotFoundError("customer not found", snapshot=serving.snapshot)
     return {"item": row, "snapshot": serving.snapshot}
 
 
-def get_customers(cache: SnapshotCache, payload: object, *, max_keys: int) -> dict[str, Any]:
+def get_customers(
+    cache: SnapshotCache,
+    payload: object,
+    *,
+    max_keys: int,
+    metrics: MetricsRecorder | None = None,
+) -> dict[str, Any]:
     """``{"items", "missing", "snapshot"}`` for a ``{"customer_ids": [...]}`` payload."""
     if not isinstance(payload, dict) or "customer_ids" not in payload:
         raise BadRequestError('expected a JSON object {"customer_ids": [...]}')
     keys = check_keys(payload["customer_ids"], max_keys=max_keys)
     serving = cache.get()
     items, missing = serving.index.get_many(keys)
+    if metrics is not None:
+        metrics.count(Metric.LOOKUPS, len(keys))
+        metrics.count(Metric.MISSES, len(missing))
+        metrics.sample(Metric.BATCH_SIZE, len(keys))
     return {"items": items, "missing": missing, "snapshot": serving.snapshot}
 
 
@@ -94,13 +112,19 @@ def scheduled_refresh(cache: SnapshotCache) -> dict[str, Any]:
     return {"refreshed": refreshed, "snapshot": cache.serving().snapshot}
 
 
-def direct(cache: SnapshotCache, payload: object, *, max_keys: int) -> dict[str, Any]:
+def direct(
+    cache: SnapshotCache,
+    payload: object,
+    *,
+    max_keys: int,
+    metrics: MetricsRecorder | None = None,
+) -> dict[str, Any]:
     """Answer a direct invocation: ``{"customer_id"}`` or ``{"customer_ids"}``."""
     if isinstance(payload, dict):
         if set(payload) == {"customer_id"}:
-            return get_customer(cache, payload["customer_id"])
+            return get_customer(cache, payload["customer_id"], metrics=metrics)
         if set(payload) == {"customer_ids"}:
-            return get_customers(cache, payload, max_keys=max_keys)
+            return get_customers(cache, payload, max_keys=max_keys, metrics=metrics)
     raise BadRequestError(
         'expected {"customer_id": "..."} or {"customer_ids": ["...", ...]} as the payload'
     )

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from loaders.metrics import DEFAULT_NAMESPACE
 from loaders.store import StorageBudget, parse_uri
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class Settings:
     memory_budget_mb : int or None
         ``MEMORY_BUDGET_MB``; by default ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE`` less 256 MB, and
         no budget outside Lambda. 0 turns the check off.
+    metrics_namespace : str, default "CustomerLookup"
+        ``POWERTOOLS_METRICS_NAMESPACE``: where the function's metrics go in CloudWatch.
     """
 
     snapshot_uri: str
@@ -71,6 +74,7 @@ class Settings:
     refresh_wait_seconds: float = DEFAULT_REFRESH_WAIT_SECONDS
     cold_load_wait_seconds: float = DEFAULT_COLD_LOAD_WAIT_SECONDS
     memory_budget_mb: int | None = None
+    metrics_namespace: str = DEFAULT_NAMESPACE
 
     @property
     def memory_budget_bytes(self) -> int | None:
@@ -125,7 +129,16 @@ class Settings:
                 env, "COLD_LOAD_WAIT_SECONDS", DEFAULT_COLD_LOAD_WAIT_SECONDS, 0
             ),
             memory_budget_mb=_memory_budget_mb(env),
+            metrics_namespace=_namespace(env),
         )
+
+
+def _namespace(env: Mapping[str, str]) -> str:
+    namespace = (env.get("POWERTOOLS_METRICS_NAMESPACE") or "").strip() or DEFAULT_NAMESPACE
+    # CloudWatch namespaces: 1-255 of letters, digits and . - _ / # : and spaces.
+    if not re.fullmatch(r"[A-Za-z0-9.\-_/#: ]{1,255}", namespace):
+        raise ConfigError(f"POWERTOOLS_METRICS_NAMESPACE: {namespace!r} is not a namespace")
+    return namespace
 
 
 def _memory_budget_mb(env: Mapping[str, str]) -> int | None:

@@ -129,11 +129,12 @@ def test_get_known_customer_answers_200_with_item(server: LocalServer) -> None:
 def test_get_known_customer_answers_with_snapshot_block(server: LocalServer) -> None:
     snapshot = call(server, "GET", f"/customers/{HIT}").body["snapshot"]
 
-    assert set(snapshot) == {"version", "created_at", "age_seconds", "stale"}
+    assert set(snapshot) == {"version", "created_at", "age_seconds", "stale", "checked_at"}
     assert snapshot["version"].startswith("20261123T120000Z-")
     assert snapshot["created_at"] == "2026-11-23T12:00:00Z"
     assert isinstance(snapshot["age_seconds"], int)
     assert isinstance(snapshot["stale"], bool)
+    assert snapshot["checked_at"].endswith("Z")
 
 
 def test_get_unknown_customer_answers_404_json(server: LocalServer) -> None:

@@ -65,6 +65,7 @@ def test_status_block_describes_the_served_snapshot(
         "created_at": "2026-11-23T12:00:00Z",
         "age_seconds": 90,
         "stale": False,
+        "checked_at": "2026-11-23T12:01:30Z",
     }
 
 

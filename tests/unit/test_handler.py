@@ -34,7 +34,7 @@ MAX_KEYS = 3
 HIT = "C000000001"
 MISS = "C000000404"
 APIS = ["rest_v1", "http_v2"]
-SNAPSHOT_FIELDS = {"version", "created_at", "age_seconds", "stale"}
+SNAPSHOT_FIELDS = {"version", "created_at", "age_seconds", "stale", "checked_at"}
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -186,6 +186,7 @@ def test_sample_get_event_answers_200_with_item_and_snapshot(
             "created_at": "2026-11-23T12:00:00Z",
             "age_seconds": 0,
             "stale": False,
+            "checked_at": "2026-11-23T12:00:00Z",
         },
     }
 
@@ -822,12 +823,12 @@ def two_invocations(
     lookup = routes.get_customer
     calls: list[str] = []
 
-    def logging_lookup(cache: SnapshotCache, customer_id: object) -> dict[str, Any]:
+    def logging_lookup(cache: SnapshotCache, customer_id: object, **options: Any) -> dict[str, Any]:
         if not calls:
             logger.append_keys(**{FIRST_ONLY_LOG_KEY: customer_id})
         calls.append(str(customer_id))
         logger.info("looking up a customer")
-        return lookup(cache, customer_id)
+        return lookup(cache, customer_id, **options)
 
     monkeypatch.setattr(routes, "get_customer", logging_lookup)
     caplog.set_level(logging.INFO)
