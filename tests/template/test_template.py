@@ -1,9 +1,11 @@
-"""template.yaml, checked offline: SAM transform, cfn-lint on the result, and the IAM rules."""
+"""template.yaml, checked offline: SAM transform, cfn-lint on the result, the IAM rules, and the
+alarms and dashboard against the metric table in loaders/metrics.py."""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,15 @@ import pytest
 from cfnlint.api import ManualArgs, lint
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
+
+from loaders.metrics import (
+    BUILDER_METRICS,
+    BUILDER_SERVICE,
+    DEFAULT_NAMESPACE,
+    LOOKUP_METRICS,
+    LOOKUP_SERVICE,
+    Metric,
+)
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 PARAMS = {
@@ -23,6 +34,10 @@ PARAMS = {
 }
 SNAPSHOTS = "arn:${AWS::Partition}:s3:::${SnapshotBucketName}/${SnapshotPrefix}/snapshots/*"
 POINTER = "arn:${AWS::Partition}:s3:::${SnapshotBucketName}/${SnapshotPrefix}/CURRENT"
+NAMESPACE = {"Ref": "MetricsNamespace"}
+METRICS_BY_SERVICE = {LOOKUP_SERVICE: LOOKUP_METRICS, BUILDER_SERVICE: BUILDER_METRICS}
+NO_VALUE = {"Ref": "AWS::NoValue"}
+TOPIC = "arn:aws:sns:us-east-1:123456789012:customer-lookup-pages"
 
 
 class _NoManagedPolicies:
@@ -228,3 +243,276 @@ def test_lookup_timeout_is_above_every_storage_budget(output: dict[str, Any]) ->
     assert settings.cold_load_wait_seconds + 1 < function["Timeout"] <= 10
     assert settings.refresh_wait_seconds <= 3
     assert one_s3_call < function["Timeout"]
+
+
+# Alarms and the dashboard. A custom metric is (namespace, name, dimensions); the namespace must
+# be the MetricsNamespace parameter, and the one dimension, service, picks the function whose
+# metric set the name must come from.
+
+
+def _check_custom_metric(
+    namespace: Any, name: str, dimensions: dict[str, Any], where: str, *, expected: Any = NAMESPACE
+) -> str:
+    """Assert one custom metric matches loaders.metrics; return its name."""
+    assert namespace == expected, f"{where}: {name} is in {namespace!r}, not MetricsNamespace"
+    assert list(dimensions) == ["service"], f"{where}: {name} has dimensions {dimensions}"
+    service = dimensions["service"]
+    assert service in METRICS_BY_SERVICE, f"{where}: {name} has service {service!r}"
+    assert name in {m.value for m in METRICS_BY_SERVICE[service]}, (
+        f"{where}: {name!r} is not a {service} metric in loaders.metrics.Metric"
+    )
+    return name
+
+
+def _alarm_metrics(alarm: dict[str, Any]) -> list[tuple[Any, str, dict[str, Any]]]:
+    """Every metric an alarm reads: its own, or each MetricStat of its metric math."""
+    props = alarm["Properties"]
+    metrics = (
+        [q["MetricStat"]["Metric"] for q in props["Metrics"] if "MetricStat" in q]
+        if "Metrics" in props
+        else [props]
+    )
+    return [
+        (m["Namespace"], m["MetricName"], {d["Name"]: d["Value"] for d in m.get("Dimensions", [])})
+        for m in metrics
+    ]
+
+
+def _alarms(output: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return _resources(output, "AWS::CloudWatch::Alarm")
+
+
+def _placeholder(value: Any) -> str:
+    """How a ``Ref`` reads in the dashboard body once ``_dashboard`` has filled it in."""
+    return f"<{value['Ref']}>" if isinstance(value, dict) else value
+
+
+def _dashboard(output: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard body as JSON: each ``${Name}`` becomes ``<Name>``, numbers their default."""
+    (dashboard,) = _resources(output, "AWS::CloudWatch::Dashboard").values()
+    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    # The plain-string form: no variable map can shadow ${MetricsNamespace}.
+    assert isinstance(body, str)
+    numbers = {
+        k: str(p["Default"]) for k, p in output["Parameters"].items() if p["Type"] == "Number"
+    }
+    return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: numbers.get(m[1], f"<{m[1]}>"), body))
+
+
+def _dashboard_metrics(output: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
+    rows = [
+        row
+        for widget in _dashboard(output)["widgets"]
+        if widget["type"] == "metric"
+        for row in widget["properties"]["metrics"]
+    ]
+    fields = [row[:-1] if isinstance(row[-1], dict) else row for row in rows]
+    return [(f[0], f[1], dict(zip(f[2::2], f[3::2], strict=True))) for f in fields]
+
+
+def _condition_values(output: dict[str, Any], params: dict[str, str]) -> dict[str, bool]:
+    """Evaluate the template's Conditions as CloudFormation would for these parameters."""
+    values = {k: p.get("Default") for k, p in output["Parameters"].items()} | params
+    conditions = output["Conditions"]
+
+    def evaluate(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        ((fn, arg),) = node.items()
+        if fn == "Ref":
+            return values[arg]
+        if fn == "Condition":
+            return evaluate(conditions[arg])
+        if fn == "Fn::Equals":
+            return evaluate(arg[0]) == evaluate(arg[1])
+        if fn == "Fn::Not":
+            return not evaluate(arg[0])
+        raise AssertionError(f"no evaluator for {fn}")
+
+    return {name: evaluate(condition) for name, condition in conditions.items()}
+
+
+def _resolve(node: Any, conditions: dict[str, bool]) -> Any:
+    """Pick each ``Fn::If`` branch and drop ``AWS::NoValue``, as CloudFormation does."""
+    if isinstance(node, dict) and set(node) == {"Fn::If"}:
+        name, if_true, if_false = node["Fn::If"]
+        return _resolve(if_true if conditions[name] else if_false, conditions)
+    if isinstance(node, dict):
+        resolved = {k: _resolve(v, conditions) for k, v in node.items()}
+        return {k: v for k, v in resolved.items() if v != NO_VALUE}
+    if isinstance(node, list):
+        return [v for v in (_resolve(v, conditions) for v in node) if v != NO_VALUE]
+    return node
+
+
+def test_functions_emit_under_the_service_names_and_namespace_the_alarms_read(
+    output: dict[str, Any],
+) -> None:
+    functions = _resources(output, "AWS::Lambda::Function").values()
+    env = {
+        f["Properties"]["Handler"]: f["Properties"]["Environment"]["Variables"] for f in functions
+    }
+    assert env["service.handler.handler"]["POWERTOOLS_SERVICE_NAME"] == LOOKUP_SERVICE
+    assert env["loaders.build.handler"]["POWERTOOLS_SERVICE_NAME"] == BUILDER_SERVICE
+    assert {json.dumps(e["POWERTOOLS_METRICS_NAMESPACE"]) for e in env.values()} == {
+        json.dumps(NAMESPACE)
+    }
+    assert output["Parameters"]["MetricsNamespace"]["Default"] == DEFAULT_NAMESPACE
+
+
+def test_alarms_read_custom_metrics_by_their_names_in_the_code(output: dict[str, Any]) -> None:
+    read = set()
+    for name, alarm in _alarms(output).items():
+        for namespace, metric, dimensions in _alarm_metrics(alarm):
+            if isinstance(namespace, str) and namespace.startswith("AWS/"):
+                continue
+            read.add(_check_custom_metric(namespace, metric, dimensions, name))
+    assert read == {
+        Metric.SNAPSHOT_AGE,
+        Metric.BUILDS_ANNOUNCED,
+        Metric.BUILDS_UNCHANGED,
+        Metric.POINTER_CHECKS_REJECTED,
+        Metric.POINTER_CHECKS_DEGRADED,
+        Metric.POINTER_CHECKS_FAILED,
+        Metric.BUILDS_REJECTED,
+        Metric.BUILDS_FAILED,
+    }
+
+
+def test_dashboard_shows_every_metric_by_its_name_in_the_code(output: dict[str, Any]) -> None:
+    # A literal namespace (say "CustomerLookup") is checked too, and fails: it would not follow
+    # the parameter.
+    shown = {
+        _check_custom_metric(
+            namespace, metric, dimensions, "dashboard", expected=_placeholder(NAMESPACE)
+        )
+        for namespace, metric, dimensions in _dashboard_metrics(output)
+        if not namespace.startswith("AWS/")
+    }
+    assert shown == {m.value for m in Metric}
+
+
+def test_dashboard_fills_in_region_and_this_stacks_resources(output: dict[str, Any]) -> None:
+    widgets = [w for w in _dashboard(output)["widgets"] if w["type"] == "metric"]
+    assert {w["properties"]["region"] for w in widgets} == {"<AWS::Region>"}
+    functions = {d["FunctionName"] for ns, _, d in _dashboard_metrics(output) if ns == "AWS/Lambda"}
+    assert functions == {"<LookupFunction>", "<BuilderFunction>"}
+    # The API figures watch what the 5xx alarms watch.
+    alarmed = {
+        (metric, tuple((k, _placeholder(v)) for k, v in dimensions.items()))
+        for alarm in _alarms(output).values()
+        for namespace, metric, dimensions in _alarm_metrics(alarm)
+        if namespace == "AWS/ApiGateway"
+    }
+    shown = {
+        (metric, tuple(dimensions.items()))
+        for namespace, metric, dimensions in _dashboard_metrics(output)
+        if namespace == "AWS/ApiGateway"
+    }
+    assert shown == alarmed
+
+
+def test_function_and_api_alarms_watch_this_stacks_resources(output: dict[str, Any]) -> None:
+    resources = output["Resources"]
+    rest_stage = next(
+        s["Properties"]["StageName"]
+        for s in _resources(output, "AWS::ApiGateway::Stage").values()
+        if s["Properties"]["RestApiId"] == {"Ref": "RestApi"}
+    )
+    http_stage = next(
+        s["Properties"]["StageName"]
+        for s in _resources(output, "AWS::ApiGatewayV2::Stage").values()
+        if s["Properties"]["ApiId"] == {"Ref": "HttpApi"}
+    )
+    rest = resources["RestApi"]["Properties"]
+    rest_name = rest.get("Name", rest["Body"]["info"]["title"])
+    lookup = {"Ref": "LookupFunction"}
+    watched = sorted(
+        (namespace, metric, dimensions)
+        for alarm in _alarms(output).values()
+        for namespace, metric, dimensions in _alarm_metrics(alarm)
+        if isinstance(namespace, str) and namespace.startswith("AWS/")
+    )
+    assert watched == [
+        ("AWS/ApiGateway", "5XXError", {"ApiName": rest_name, "Stage": rest_stage}),
+        ("AWS/ApiGateway", "5xx", {"ApiId": {"Ref": "HttpApi"}, "Stage": http_stage}),
+        ("AWS/Lambda", "Errors", {"FunctionName": lookup}),
+        ("AWS/Lambda", "Throttles", {"FunctionName": lookup}),
+    ]
+
+
+def test_heartbeat_breaches_on_missing_data_and_the_others_do_not(output: dict[str, Any]) -> None:
+    missing = {n: a["Properties"]["TreatMissingData"] for n, a in _alarms(output).items()}
+    assert missing.pop("BuilderHeartbeatAlarm") == "breaching"
+    assert missing["SnapshotTooOldAlarm"] == "notBreaching"
+    assert set(missing.values()) == {"notBreaching"}
+
+
+def test_staleness_alarm_reads_the_oldest_snapshot_served(output: dict[str, Any]) -> None:
+    alarm = _alarms(output)["SnapshotTooOldAlarm"]["Properties"]
+    assert alarm["MetricName"] == Metric.SNAPSHOT_AGE
+    assert alarm["Statistic"] == "Maximum"  # a gauge: the oldest container counts, not a sum
+    assert alarm["Threshold"] == {"Ref": "MaxStalenessSeconds"}
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def _schedule_hours(expression: str) -> float:
+    """The period of a daily ``cron(M H * * ? *)`` or a ``rate(N unit)`` schedule, in hours."""
+    if re.fullmatch(r"cron\(\d+ \d+ \* \* \? \*\)", expression):
+        return 24
+    count, unit = re.fullmatch(r"rate\((\d+) (minute|hour|day)s?\)", expression).groups()
+    return int(count) * {"minute": 1 / 60, "hour": 1, "day": 24}[unit]
+
+
+def test_heartbeat_window_outlasts_the_build_schedule(output: dict[str, Any]) -> None:
+    alarm = _alarms(output)["BuilderHeartbeatAlarm"]["Properties"]
+    (expression,) = [q["Expression"] for q in alarm["Metrics"] if q.get("ReturnData")]
+    ids = {
+        q["Id"]: q["MetricStat"]["Metric"]["MetricName"]
+        for q in alarm["Metrics"]
+        if "MetricStat" in q
+    }
+    # SUM over an array, not "a + b": a plus is missing wherever either series is.
+    assert expression == f"SUM([{', '.join(ids)}])"
+    assert set(ids.values()) == {Metric.BUILDS_ANNOUNCED, Metric.BUILDS_UNCHANGED}
+    assert {q["MetricStat"]["Period"] for q in alarm["Metrics"] if "MetricStat" in q} == {3600}
+    # Every hourly period of the window must be empty: "nothing for N hours".
+    hours = {"Ref": "BuilderHeartbeatHours"}
+    assert alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == hours
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "LessThanThreshold")
+    params = output["Parameters"]
+    builder_hours = output["Resources"]["BuilderFunction"]["Properties"]["Timeout"] / 3600
+    schedule_hours = _schedule_hours(params["BuildSchedule"]["Default"])
+    assert params["BuilderHeartbeatHours"]["Default"] > schedule_hours + builder_hours
+    # CloudWatch refuses an evaluation range over 7 days.
+    assert params["BuilderHeartbeatHours"]["MaxValue"] * 3600 <= 7 * 24 * 3600
+
+
+@pytest.mark.parametrize("topic", ["", TOPIC])
+def test_only_the_composite_alarm_notifies_and_only_to_a_given_topic(
+    output: dict[str, Any], topic: str
+) -> None:
+    assert re.fullmatch(output["Parameters"]["AlarmTopicArn"]["AllowedPattern"], topic)
+    conditions = _condition_values(output, {**PARAMS, "AlarmTopicArn": topic})
+    alarms = _alarms(output) | _resources(output, "AWS::CloudWatch::CompositeAlarm")
+    actions = {
+        (name, key): value
+        for name, alarm in alarms.items()
+        for key, value in _resolve(alarm["Properties"], conditions).items()
+        if key.endswith("Actions")
+    }
+    expected = [{"Ref": "AlarmTopicArn"}]
+    assert actions == (
+        {("PageAlarm", "AlarmActions"): expected, ("PageAlarm", "OKActions"): expected}
+        if topic
+        else {}
+    )
+
+
+def test_composite_alarm_is_an_or_of_every_other_alarm(output: dict[str, Any]) -> None:
+    (composite,) = _resources(output, "AWS::CloudWatch::CompositeAlarm").values()
+    rule = composite["Properties"]["AlarmRule"]["Fn::Sub"]
+    term = r'ALARM\("\$\{(\w+)\.Arn\}"\)'
+    assert re.fullmatch(f"{term}( OR {term})*", rule), rule
+    named = re.findall(term, rule)
+    assert sorted(named) == sorted(_alarms(output))
