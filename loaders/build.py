@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from loaders.engines import AthenaEngine, DuckDBEngine, QueryEngine
@@ -29,6 +29,7 @@ from loaders.manifest import (
     utc_text,
 )
 from loaders.publish import Published, check_clock, publish_table
+from loaders.records import BuildRecord, counts_only, write_record
 from loaders.settings import DEFAULT_STORAGE, BuildSettings
 from loaders.snapshot import read_snapshot
 from loaders.store import ClockedStore, StorageBudget, make_s3_client, open_store, parse_uri
@@ -155,7 +156,9 @@ def build(
     -------
     BuildResult
         Its ``outcome`` is ``announced``, or ``superseded`` when a version whose query started
-        later stands in ``CURRENT``.
+        later stands in ``CURRENT``, or ``pinned`` when an operator pinned ``CURRENT`` (the
+        version is published for inspection, not announced). Its build record is saved to
+        ``store`` (:func:`record`), and ``now()`` is read once more for the record's end.
 
     Raises
     ------
@@ -167,6 +170,7 @@ def build(
     """
     say = progress or (lambda message: logger.info(message))
     seconds: dict[str, float] = {}
+    build_started = time.perf_counter()
 
     def step(name: str, started: float) -> None:
         seconds[name] = round(time.perf_counter() - started, 3)
@@ -205,8 +209,54 @@ def build(
     started = time.perf_counter()
     changes = _report_changes(store, table, published, base, rules.key_column, say)
     step("changes", started)
-    outcome = Outcome.ANNOUNCED if published.announced else Outcome.SUPERSEDED
-    return BuildResult(published.manifest, outcome, published.current, changes, seconds)
+    if published.pinned:
+        outcome = Outcome.PINNED
+    else:
+        outcome = Outcome.ANNOUNCED if published.announced else Outcome.SUPERSEDED
+    result = BuildResult(published.manifest, outcome, published.current, changes, seconds)
+    return record(
+        store, result, finished_at=now(), elapsed_seconds=time.perf_counter() - build_started
+    )
+
+
+def record(
+    store: ClockedStore, result: BuildResult, *, finished_at: datetime, elapsed_seconds: float
+) -> BuildResult:
+    """Save the build record of a build that returned (best effort), and return ``result``."""
+    write_record(
+        store,
+        BuildRecord(
+            outcome=result.outcome.value,
+            started_at=finished_at - timedelta(seconds=elapsed_seconds),
+            finished_at=finished_at,
+            version=result.manifest.version,
+            current=result.current,
+            seconds=dict(result.seconds),
+            rows=result.manifest.row_count,
+            changes=counts_only(result.changes.to_dict()),
+        ),
+    )
+    return result
+
+
+def record_failure(
+    store: ClockedStore, exc: LoaderError, *, started_at: datetime, finished_at: datetime
+) -> Outcome:
+    """Save the build record of a build that raised (best effort); return its outcome.
+
+    A :class:`SnapshotInvalidError` is ``rejected`` and its problems are kept without their
+    example keys; anything else is ``failed`` and only its type is kept, since its message
+    may quote data (a DuckDB error can); the builder's log has the message.
+    """
+    if isinstance(exc, SnapshotInvalidError):
+        outcome = Outcome.REJECTED
+        problems = "; ".join(without_examples(p) for p in list(exc.problems) or [str(exc)])
+        error = f"{type(exc).__name__}: {problems}"
+    else:
+        outcome = Outcome.FAILED
+        error = type(exc).__name__
+    write_record(store, BuildRecord(outcome.value, started_at, finished_at, error=error))
+    return outcome
 
 
 def _report_changes(
@@ -328,21 +378,25 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     _structured_logging()
     settings = BuildSettings.from_env()
     allow = bool(isinstance(event, dict) and event.get("allow_row_change") is True)
+    store = make_store(settings.snapshot_uri, settings.storage)
+    started_at = datetime.now(UTC)
     try:
         result = build(
             make_engine(settings),
-            make_store(settings.snapshot_uri, settings.storage),
+            store,
             settings.sql,
             rules_from(settings, allow_row_change=allow),
             source={"workgroup": settings.workgroup, "database": settings.database},
         )
     except SnapshotInvalidError as exc:
+        record_failure(store, exc, started_at=started_at, finished_at=datetime.now(UTC))
         # The report names example keys: it goes to the staging prefix, not to the logs.
         staging = make_store(settings.staging_uri or settings.snapshot_uri, settings.storage)
         rejected = report_rejection(exc, staging, datetime.now(UTC))
         logger.error("%s; the pointer was not moved", rejected)
         raise rejected from None
-    except LoaderError:
+    except LoaderError as exc:
+        record_failure(store, exc, started_at=started_at, finished_at=datetime.now(UTC))
         logger.exception("build failed; the pointer was not moved")
         raise
     summary = result.to_dict()

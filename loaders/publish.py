@@ -53,11 +53,14 @@ class Announcement:
     replaced : str or None
         The version the compare-and-swap replaced; None for the first announce of a root, and
         when nothing was announced.
+    pinned : bool
+        Whether it was not announced because an operator pinned ``CURRENT``.
     """
 
     announced: bool
     current: str
     replaced: str | None = None
+    pinned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class Published:
     announced: bool
     current: str
     replaced: str | None = None
+    pinned: bool = False
 
 
 def publish_table(
@@ -108,7 +112,8 @@ def publish_table(
     Returns
     -------
     Published
-        ``announced`` is False when a version whose query started later stands in ``CURRENT``.
+        ``announced`` is False when a version whose query started later stands in ``CURRENT``,
+        or when ``CURRENT`` is pinned (then ``pinned`` is True).
 
     Raises
     ------
@@ -130,7 +135,13 @@ def publish_table(
         extra_files=extra_files,
     )
     announcement = announce_latest(store, version, store_clock=store_clock)
-    return Published(manifest, announcement.announced, announcement.current, announcement.replaced)
+    return Published(
+        manifest,
+        announcement.announced,
+        announcement.current,
+        announcement.replaced,
+        announcement.pinned,
+    )
 
 
 def _moment(version: str) -> str:
@@ -197,7 +208,11 @@ def _stands_in_the_way(current: Pointer, version: str, store_now: datetime | Non
 def announce_latest(
     store: ObjectStore, version: str, *, store_clock: Callable[[], datetime] | None = None
 ) -> Announcement:
-    """Move ``CURRENT`` to ``version`` unless a newer version holds it; never move it back.
+    """Move ``CURRENT`` to ``version`` unless a newer version or an operator's pin holds it;
+    never move it back.
+
+    A pin is checked on every read of the pointer, and the write is a compare-and-swap on the
+    ETag of that read: a pin written in between fails the swap, and the re-read sees it.
 
     Parameters
     ----------
@@ -218,6 +233,14 @@ def announce_latest(
         store_now = None if store_clock is None else store_clock()
         if store_now is not None:
             check_clock(version_time(version), store_now)
+        if current is not None and current.pin is not None:
+            logger.warning(
+                "not announcing %s: CURRENT is pinned to %s by %s",
+                version,
+                current.version,
+                current.pin.by,
+            )
+            return Announcement(False, current.version, pinned=True)
         if current is not None and _stands_in_the_way(current, version, store_now):
             logger.warning("not announcing %s: %s is newer", version, current.version)
             return Announcement(False, current.version)

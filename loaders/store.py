@@ -89,6 +89,8 @@ class S3Client(Protocol):
 
     def get_paginator(self, operation_name: str) -> Any: ...
 
+    def delete_object(self, **kwargs: Any) -> dict[str, Any]: ...
+
 
 def _file_etag(body: bytes) -> str:
     return f'"{hashlib.sha256(body).hexdigest()}"'
@@ -194,6 +196,32 @@ class FileStore:
             yield tmp
         finally:
             tmp.unlink(missing_ok=True)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every object key under ``prefix`` (a folder), sorted; leftover temp files included."""
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(
+            path.relative_to(self.root).as_posix() for path in base.rglob("*") if path.is_file()
+        )
+
+    def delete(self, key: str) -> None:
+        """Delete one object (a missing one is no error), then any folders it leaves empty."""
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot delete {self.uri}/{key}: {exc.strerror}") from exc
+        # An empty snapshot folder would still be listed as a version by list_prefixes. Top
+        # folders (snapshots/) stay: a writer may be about to create a file in one.
+        for folder in path.parents:
+            if folder.parent == self.root or not folder.is_relative_to(self.root):
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or already gone): the rest stays
+                break
 
 
 class S3Store:
@@ -335,6 +363,30 @@ class S3Store:
         except BotoCoreError as exc:
             raise StoreError(f"cannot list {self.uri}/{prefix}: {type(exc).__name__}") from exc
         return sorted(names)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every object key under ``prefix`` (a folder), sorted, relative to the root."""
+        base = self._key(prefix.rstrip("/") + "/")
+        start = len(self._key(""))
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base
+            )
+            keys = [obj["Key"][start:] for page in pages for obj in page.get("Contents", [])]
+        except ClientError as exc:
+            raise StoreError(f"cannot list {self.uri}/{prefix}: {_error_code(exc)}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot list {self.uri}/{prefix}: {type(exc).__name__}") from exc
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        """Delete one object; S3 answers a missing one as deleted too."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            raise StoreError(f"cannot delete {self.uri}/{key}: {_error_code(exc)}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot delete {self.uri}/{key}: {type(exc).__name__}") from exc
 
 
 def _error_code(exc: ClientError) -> str:
