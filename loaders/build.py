@@ -19,6 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from loaders.engines import AthenaEngine, DuckDBEngine, QueryEngine
 from loaders.errors import BuildRejectedError, LoaderError, SnapshotInvalidError
+from loaders.fingerprint import (
+    Fingerprint,
+    Fingerprinter,
+    FingerprintUnavailableError,
+    GlueSource,
+)
 from loaders.manifest import (
     CHANGES_NAME,
     Manifest,
@@ -40,6 +46,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+# Attempts of each Glue and S3 call a source fingerprint makes (standard mode: throttling is
+# retried with backoff); the first try counts.
+FINGERPRINT_MAX_ATTEMPTS = 3
 
 
 class Outcome(enum.StrEnum):
@@ -137,6 +146,43 @@ def _current_version(store: ClockedStore) -> str | None:
     return None if pointer is None else pointer.version
 
 
+def _fingerprint(engine: QueryEngine, sql: str, rules: Rules) -> Fingerprint | None:
+    """The fingerprint of this build's inputs; None when it cannot be taken (then it queries)."""
+    if not isinstance(engine, Fingerprinter):
+        return None
+    try:
+        fingerprint = engine.fingerprint(sql)
+    except FingerprintUnavailableError as exc:
+        logger.warning("no source fingerprint, so the query runs: %s", exc)
+        return None
+    # The key column and the contract shape the snapshot too: changing either must rebuild.
+    contract = [[column.name, column.type] for column in rules.contract]
+    return fingerprint.including({"key_column": rules.key_column, "contract": contract})
+
+
+def _unchanged(
+    store: ClockedStore, fingerprint: Fingerprint, progress: Progress
+) -> Manifest | None:
+    """The manifest of the version ``CURRENT`` names, if it records ``fingerprint``."""
+    try:
+        version = _current_version(store)
+        manifest = None if version is None else read_manifest(store, version)
+    except LoaderError as exc:
+        logger.warning("current manifest unreadable, so the query runs: %s", exc)
+        return None
+    digest = fingerprint.sha256[:12]
+    if manifest is None or not fingerprint.matches(manifest.source):
+        progress(f"source fingerprint {digest} is new; the query runs")
+        return None
+    progress(f"source unchanged since {manifest.version} (fingerprint {digest}); no query")
+    return manifest
+
+
+def _recorded(fingerprint: Fingerprint | None) -> dict[str, Any]:
+    """The manifest ``source`` entry of a fingerprint, which the next build compares with."""
+    return {} if fingerprint is None else {"fingerprint": fingerprint.to_dict()}
+
+
 def build(
     engine: QueryEngine,
     store: ClockedStore,
@@ -146,11 +192,18 @@ def build(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Progress | None = None,
     source: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> BuildResult:
     """Run ``sql``, validate the rows, publish them, and announce the new version.
 
     The version is stamped with ``now()`` as the query starts: its data cutoff. ``now()`` is
     read again for the manifest's ``published_at``.
+
+    First, an engine that can (:class:`~loaders.fingerprint.Fingerprinter`) fingerprints the
+    inputs. When the manifest of the version ``CURRENT`` names records the same fingerprint,
+    the build ends ``unchanged``: no query ran and nothing was written, and the result's
+    ``manifest`` is that current one. ``force`` builds anyway; its manifest still records the
+    fingerprint. When no fingerprint can be taken, the reason is logged and the build queries.
 
     Returns
     -------
@@ -175,6 +228,16 @@ def build(
     def step(name: str, started: float) -> None:
         seconds[name] = round(time.perf_counter() - started, 3)
         say(f"{name} done in {seconds[name]:.2f}s")
+
+    # Taken before the query starts: a source that changes during the query then differs
+    # from the fingerprint this build records, and the next build queries again.
+    started = time.perf_counter()
+    fingerprint = _fingerprint(engine, sql, rules)
+    standing = None if fingerprint is None or force else _unchanged(store, fingerprint, say)
+    step("fingerprint", started)
+    if standing is not None:
+        unchanged = Changes(standing.version, added=0, removed=0, changed=0)
+        return BuildResult(standing, Outcome.UNCHANGED, standing.version, unchanged, seconds)
 
     started = time.perf_counter()
     base = _base(store, _current_version(store), say)
@@ -202,7 +265,7 @@ def build(
         now=query_started_at,
         published_at=now(),
         store_clock=store.now,
-        source={"engine": engine.name, **(source or {})},
+        source={"engine": engine.name, **(source or {}), **_recorded(fingerprint)},
     )
     step("publish", started)
 
@@ -303,7 +366,7 @@ def make_engine(settings: BuildSettings, *, sleep: Callable[[float], None] = tim
                 ) -> QueryEngine:  # fmt: skip
     """The engine a configuration names, with real boto3 clients for Athena."""
     if settings.engine == "duckdb":
-        return DuckDBEngine(dict(settings.tables))
+        return DuckDBEngine(dict(settings.tables), fingerprint_bound=settings.fingerprint)
     import boto3
     from botocore.config import Config
 
@@ -323,6 +386,37 @@ def make_engine(settings: BuildSettings, *, sleep: Callable[[float], None] = tim
         staging_uri=settings.staging_uri or "",
         deadline_seconds=settings.deadline_seconds,
         sleep=sleep,
+        glue_source=make_glue_source(settings),
+    )
+
+
+def make_glue_source(settings: BuildSettings) -> GlueSource:
+    """What fingerprints an Athena build's source: Glue and S3 clients bound by
+    ``settings.fingerprint``, whose ``max_seconds`` is also each call's read timeout.
+
+    A fingerprint only saves a query, so a hung Glue or S3 call may cost seconds, not the
+    minutes that the storage and Athena budgets allow; the build then queries anyway.
+    """
+    import boto3
+    from botocore.config import Config
+
+    bound = settings.fingerprint
+    budget = StorageBudget(
+        connect_timeout_seconds=min(settings.storage.connect_timeout_seconds, bound.max_seconds),
+        read_timeout_seconds=bound.max_seconds,
+        max_attempts=FINGERPRINT_MAX_ATTEMPTS,
+    )
+    glue_config = Config(
+        connect_timeout=budget.connect_timeout_seconds,
+        read_timeout=budget.read_timeout_seconds,
+        retries={"mode": "standard", "total_max_attempts": budget.max_attempts},
+    )
+    return GlueSource(
+        boto3.client("glue", config=glue_config),
+        make_s3_client(budget),
+        database=settings.database,
+        tables=settings.source_tables,
+        bound=bound,
     )
 
 
@@ -372,12 +466,15 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Lambda entry ``loaders.build.handler``: one scheduled build from the environment.
 
     Returns the build's summary, whose ``outcome`` says whether it was announced or
-    superseded (logged as a warning). A rejected or failed build raises, so the invocation
+    superseded (logged as a warning), or unchanged (no query ran; ``{"force": true}`` in the
+    event builds anyway). A rejected or failed build raises, so the invocation
     counts as an error and alarms fire; the pointer is untouched in that case.
     """
     _structured_logging()
     settings = BuildSettings.from_env()
     allow = bool(isinstance(event, dict) and event.get("allow_row_change") is True)
+    # {"force": true} rebuilds though the source's fingerprint matches the current snapshot's.
+    force = bool(isinstance(event, dict) and event.get("force") is True)
     store = make_store(settings.snapshot_uri, settings.storage)
     started_at = datetime.now(UTC)
     try:
@@ -387,6 +484,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             settings.sql,
             rules_from(settings, allow_row_change=allow),
             source={"workgroup": settings.workgroup, "database": settings.database},
+            force=force,
         )
     except SnapshotInvalidError as exc:
         record_failure(store, exc, started_at=started_at, finished_at=datetime.now(UTC))

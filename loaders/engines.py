@@ -7,6 +7,9 @@
 - :class:`DuckDBEngine`, the embedded default, runs the same SQL over local Parquet/CSV files
   registered under the table names the SQL uses, and writes the result with ``COPY ... TO``.
 
+Both can :meth:`fingerprint` their inputs before a query (``loaders.fingerprint``): Athena's
+through Glue and S3 listings, DuckDB's from its files' sizes and modification times.
+
 Both take their clients, clock and sleep as arguments: tests never wait.
 """
 
@@ -29,6 +32,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlparse import tokens as T
 
 from loaders.errors import QueryFailedError, SnapshotInvalidError
+from loaders.fingerprint import (
+    DEFAULT_BOUND,
+    Fingerprint,
+    FingerprintBound,
+    FingerprintUnavailableError,
+    GlueSource,
+    fingerprint_files,
+)
 from loaders.store import parse_uri
 
 Progress = Callable[[str], None]
@@ -89,6 +100,20 @@ def check_select(sql: str) -> str:
     return sqlparse.format(statement.value, strip_comments=True).strip().rstrip(";").strip()
 
 
+def normalised_select(sql: str) -> str:
+    """:func:`check_select` for a fingerprint: SQL that cannot run cannot be fingerprinted.
+
+    Raises
+    ------
+    FingerprintUnavailableError
+        If ``sql`` is not one SELECT; the query then fails with the reason.
+    """
+    try:
+        return check_select(sql)
+    except QueryFailedError as exc:
+        raise FingerprintUnavailableError(str(exc)) from exc
+
+
 def athena_only_features(sql: str) -> list[str]:
     """Athena-only words in ``sql`` (outside literals and comments), each with a hint."""
     words = {
@@ -121,6 +146,8 @@ class AthenaEngine:
         because UNLOAD refuses a non-empty target.
     deadline_seconds : float, default 900
         Past this the query is stopped and the run fails.
+    glue_source : GlueSource, optional
+        Fingerprints the tables the SQL reads; without it, :meth:`fingerprint` is unavailable.
     sleep, clock : callable
         Injected so tests need not wait.
     """
@@ -141,6 +168,7 @@ class AthenaEngine:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         run_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        glue_source: GlueSource | None = None,
     ) -> None:
         scheme, bucket, prefix = parse_uri(staging_uri)
         if scheme != "s3":
@@ -157,6 +185,19 @@ class AthenaEngine:
         self.sleep = sleep
         self.clock = clock
         self.run_id = run_id
+        self.glue_source = glue_source
+
+    def fingerprint(self, sql: str) -> Fingerprint:
+        """Fingerprint ``sql`` and the Glue tables it reads, starting no query.
+
+        Raises
+        ------
+        FingerprintUnavailableError
+            See :meth:`GlueSource.fingerprint`; also when no Glue source was given.
+        """
+        if self.glue_source is None:
+            raise FingerprintUnavailableError("no Glue client to fingerprint the source with")
+        return self.glue_source.fingerprint(normalised_select(sql))
 
     def unload_sql(self, sql: str, target_prefix: str) -> str:
         """The UNLOAD statement for ``sql`` writing below ``s3://<bucket>/<target_prefix>``."""
@@ -283,15 +324,33 @@ class DuckDBEngine:
     tables : mapping of str to path
         Table name used by the SQL -> a local ``.parquet`` or ``.csv`` file (or a directory of
         Parquet files).
+    fingerprint_bound : FingerprintBound
+        At most ``max_objects`` files are fingerprinted.
     """
 
     name = "duckdb"
 
-    def __init__(self, tables: Mapping[str, str | Path]) -> None:
+    def __init__(
+        self,
+        tables: Mapping[str, str | Path],
+        *,
+        fingerprint_bound: FingerprintBound = DEFAULT_BOUND,
+    ) -> None:
         self.tables = {name: Path(path) for name, path in tables.items()}
+        self.fingerprint_bound = fingerprint_bound
         for name in self.tables:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ValueError(f"table name {name!r} is not a plain SQL identifier")
+
+    def fingerprint(self, sql: str) -> Fingerprint:
+        """Fingerprint ``sql`` and the registered files (path, size, modification time).
+
+        Raises
+        ------
+        FingerprintUnavailableError
+            See :func:`~loaders.fingerprint.fingerprint_files`.
+        """
+        return fingerprint_files(normalised_select(sql), self.tables, bound=self.fingerprint_bound)
 
     def run(self, sql: str, *, progress: Progress | None = None) -> pa.Table:
         """Run ``sql`` and return its rows.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loaders.fingerprint import DEFAULT_BOUND, FingerprintBound
 from loaders.manifest import Column
 from loaders.store import StorageBudget, parse_uri
 from loaders.validate import DEFAULT_MAX_ROW_CHANGE, parse_contract
@@ -29,6 +30,8 @@ DEFAULT_ATHENA_CONNECT_TIMEOUT_SECONDS = 5.0
 DEFAULT_ATHENA_READ_TIMEOUT_SECONDS = 30.0
 DEFAULT_ATHENA_MAX_ATTEMPTS = 6  # throttling is common; standard mode backs off between tries
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# A Glue table as Athena names it: table, database.table or awsdatacatalog.database.table.
+_TABLE = re.compile(r"^[A-Za-z0-9_-]{1,255}(\.[A-Za-z0-9_-]{1,255}){0,2}$")
 
 
 class BuildConfigError(ValueError):
@@ -55,6 +58,8 @@ class BuildSettings:
     athena_connect_timeout_seconds: float = DEFAULT_ATHENA_CONNECT_TIMEOUT_SECONDS
     athena_read_timeout_seconds: float = DEFAULT_ATHENA_READ_TIMEOUT_SECONDS
     athena_max_attempts: int = DEFAULT_ATHENA_MAX_ATTEMPTS
+    source_tables: tuple[str, ...] = ()
+    fingerprint: FingerprintBound = DEFAULT_BOUND
 
     @classmethod
     def from_env(
@@ -65,7 +70,9 @@ class BuildSettings:
         ``QUERY_DEADLINE_SECONDS``, ``MIN_ROWS``, ``MAX_ROW_CHANGE``, ``CONTRACT_COLUMNS``,
         the S3 budget (see :func:`storage_from_env`) and ``ATHENA_CONNECT_TIMEOUT_SECONDS`` (5),
         ``ATHENA_READ_TIMEOUT_SECONDS`` (30) and ``ATHENA_MAX_ATTEMPTS`` (6, the first try
-        included); ``overrides`` (non-None values, e.g. from command-line options) win.
+        included), and the source fingerprint's ``SOURCE_TABLES``, ``FINGERPRINT_MAX_OBJECTS``
+        and ``FINGERPRINT_MAX_SECONDS`` (see :func:`fingerprint_from_env`); ``overrides``
+        (non-None values, e.g. from command-line options) win.
 
         Raises
         ------
@@ -106,6 +113,8 @@ class BuildSettings:
             "athena_max_attempts": _positive(
                 env, "ATHENA_MAX_ATTEMPTS", DEFAULT_ATHENA_MAX_ATTEMPTS, int
             ),
+            "source_tables": _source_tables(env.get("SOURCE_TABLES")),
+            "fingerprint": fingerprint_from_env(env),
         }  # fmt: skip
         if given:
             raise BuildConfigError(f"unknown settings: {sorted(given)}")
@@ -151,6 +160,38 @@ def storage_from_env(environ: Mapping[str, str] | None = None) -> StorageBudget:
         ),
         max_attempts=_positive(env, "S3_MAX_ATTEMPTS", DEFAULT_S3_MAX_ATTEMPTS, int),
     )
+
+
+def fingerprint_from_env(environ: Mapping[str, str] | None = None) -> FingerprintBound:
+    """How much of the source a fingerprint may read before the build just queries:
+    ``FINGERPRINT_MAX_OBJECTS`` (10,000 S3 objects or local files, and as many Glue
+    partitions) and ``FINGERPRINT_MAX_SECONDS`` (5, the whole fingerprint, and the read
+    timeout of each Glue and S3 call it makes).
+
+    Raises
+    ------
+    BuildConfigError
+        If one of them is not a positive number.
+    """
+    env = os.environ if environ is None else environ
+    return FingerprintBound(
+        max_objects=_positive(env, "FINGERPRINT_MAX_OBJECTS", DEFAULT_BOUND.max_objects, int),
+        max_seconds=_positive(env, "FINGERPRINT_MAX_SECONDS", DEFAULT_BOUND.max_seconds, float),
+    )
+
+
+def _source_tables(raw: str | None) -> tuple[str, ...]:
+    """``SOURCE_TABLES``: the Glue tables the query reads, comma-separated (``t``, ``db.t``).
+
+    When empty, the fingerprint takes the names after ``FROM`` and ``JOIN`` in the SQL. Set
+    it when the SQL reads a table in a way that parsing cannot see; a table missing from it
+    would go unwatched, and a change there would not trigger a build.
+    """
+    names = tuple(name.strip() for name in (raw or "").split(",") if name.strip())
+    for name in names:
+        if not _TABLE.fullmatch(name):
+            raise BuildConfigError(f"SOURCE_TABLES: {name!r} is not a table name")
+    return names
 
 
 def _positive(env: Mapping[str, str], name: str, default: float, kind: type) -> Any:
