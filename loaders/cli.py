@@ -104,6 +104,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         rules_from(settings, allow_row_change=args.allow_row_change),
         progress=TerminalProgress(),
         source={"sql_file": str(args.sql) if args.sql else None},
+        force=args.force,
     )
     print(json.dumps(result.to_dict(), indent=2))
     if result.outcome is Outcome.SUPERSEDED:
@@ -172,6 +173,8 @@ def parser() -> argparse.ArgumentParser:
                    help="duckdb: register a local Parquet/CSV file under NAME")  # fmt: skip
     b.add_argument("--allow-row-change", action="store_true",
                    help="accept a row-count change above MAX_ROW_CHANGE")  # fmt: skip
+    b.add_argument("--force", action="store_true",
+                   help="query even if the source has not changed since CURRENT")  # fmt: skip
     b.add_argument("--key-column")
     b.add_argument("--workgroup", help="athena (or ATHENA_WORKGROUP)")
     b.add_argument("--database", help="athena (or ATHENA_DATABASE)")

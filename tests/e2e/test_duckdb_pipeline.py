@@ -8,6 +8,7 @@ lookup function answers HTTP API (v2) events from it.
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,6 +127,65 @@ def test_superseded_build_exits_3_and_says_why(
         standing,
     )
     assert f"superseded: published {summary['version']}, but {standing}" in captured.err
+
+
+def root_files(root: Path) -> dict[str, bytes]:
+    """Every file under a snapshot root, with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_second_build_on_the_same_source_is_unchanged_and_writes_nothing(
+    tmp_path: Path, source_table: pa.Table, snapshot_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_shuffled(source_table, tmp_path / "customers.parquet")
+    assert main(build_command(source, snapshot_uri)) == 0
+    first = json.loads(capsys.readouterr().out)
+    before = root_files(tmp_path / "snapshots")
+
+    code = main(build_command(source, snapshot_uri))
+
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert code == EXIT_STATUS[Outcome.UNCHANGED] == 0
+    assert (summary["outcome"], summary["version"], summary["current"]) == (
+        "unchanged",
+        first["version"],
+        first["version"],
+    )
+    assert "query" not in summary["seconds"]
+    assert f"source unchanged since {first['version']}" in captured.err
+    assert root_files(tmp_path / "snapshots") == before
+
+
+def test_force_builds_again_on_the_same_source(
+    tmp_path: Path, source_table: pa.Table, snapshot_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_shuffled(source_table, tmp_path / "customers.parquet")
+    assert main(build_command(source, snapshot_uri)) == 0
+    first = json.loads(capsys.readouterr().out)
+
+    code = main([*build_command(source, snapshot_uri), "--force"])
+
+    summary = json.loads(capsys.readouterr().out)
+    assert (code, summary["outcome"]) == (0, "announced")
+    assert summary["version"] != first["version"]
+    assert summary["current"] == summary["version"]
+
+
+def test_touched_source_builds_again(
+    tmp_path: Path, source_table: pa.Table, snapshot_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_shuffled(source_table, tmp_path / "customers.parquet")
+    assert main(build_command(source, snapshot_uri)) == 0
+    first = json.loads(capsys.readouterr().out)
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+    code = main(build_command(source, snapshot_uri))
+
+    summary = json.loads(capsys.readouterr().out)
+    assert (code, summary["outcome"]) == (0, "announced")
+    assert summary["version"] != first["version"]
 
 
 def test_every_build_outcome_has_an_exit_status_and_only_healthy_ones_share_0() -> None:
