@@ -34,6 +34,7 @@ from loaders.manifest import (
     try_read_pointer,
     utc_text,
 )
+from loaders.metrics import BUILDER_SERVICE, Metric, MetricsRecorder, build_metric
 from loaders.publish import Published, check_clock, publish_table
 from loaders.records import BuildRecord, counts_only, write_record
 from loaders.settings import DEFAULT_STORAGE, BuildSettings
@@ -462,6 +463,37 @@ def report_rejection(
     return BuildRejectedError(f"build rejected: {summary}; full report: {where}")
 
 
+def record_build_metrics(
+    metrics: MetricsRecorder,
+    outcome: Outcome,
+    *,
+    result: BuildResult | None = None,
+    engine: QueryEngine | None = None,
+) -> str | None:
+    """Emit one build's metrics as one EMF document: its outcome, the seconds of each phase
+    that ran, rows added, removed and changed, and what Athena scanned (its cost)."""
+    metrics.count(build_metric(outcome.value))
+    if result is not None:
+        for phase, metric in _PHASE_METRICS.items():
+            if phase in result.seconds:
+                metrics.sample(metric, result.seconds[phase])
+        if outcome is not Outcome.UNCHANGED:
+            metrics.count(Metric.ROWS_ADDED, result.changes.added)
+            metrics.count(Metric.ROWS_REMOVED, result.changes.removed)
+            metrics.count(Metric.ROWS_CHANGED, result.changes.changed)
+    scanned = getattr(engine, "scanned_bytes", None)
+    if scanned is not None:
+        metrics.count(Metric.ATHENA_BYTES_SCANNED, scanned)
+    return metrics.flush()
+
+
+_PHASE_METRICS = {
+    "query": Metric.QUERY_SECONDS,
+    "validate": Metric.VALIDATE_SECONDS,
+    "publish": Metric.PUBLISH_SECONDS,
+}
+
+
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Lambda entry ``loaders.build.handler``: one scheduled build from the environment.
 
@@ -477,9 +509,13 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     force = bool(isinstance(event, dict) and event.get("force") is True)
     store = make_store(settings.snapshot_uri, settings.storage)
     started_at = datetime.now(UTC)
+    engine = make_engine(settings)
+    metrics = MetricsRecorder(
+        namespace=settings.metrics_namespace, service=BUILDER_SERVICE, enabled=True
+    )
     try:
         result = build(
-            make_engine(settings),
+            engine,
             store,
             settings.sql,
             rules_from(settings, allow_row_change=allow),
@@ -492,11 +528,14 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         staging = make_store(settings.staging_uri or settings.snapshot_uri, settings.storage)
         rejected = report_rejection(exc, staging, datetime.now(UTC))
         logger.error("%s; the pointer was not moved", rejected)
+        record_build_metrics(metrics, Outcome.REJECTED, engine=engine)
         raise rejected from None
     except LoaderError as exc:
         record_failure(store, exc, started_at=started_at, finished_at=datetime.now(UTC))
         logger.exception("build failed; the pointer was not moved")
+        record_build_metrics(metrics, Outcome.FAILED, engine=engine)
         raise
+    record_build_metrics(metrics, result.outcome, result=result, engine=engine)
     summary = result.to_dict()
     logger.log(
         LOG_LEVELS[result.outcome],

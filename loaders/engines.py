@@ -186,6 +186,8 @@ class AthenaEngine:
         self.clock = clock
         self.run_id = run_id
         self.glue_source = glue_source
+        # What the last query scanned (Athena's bill), once Athena reported it.
+        self.scanned_bytes: int | None = None
 
     def fingerprint(self, sql: str) -> Fingerprint:
         """Fingerprint ``sql`` and the Glue tables it reads, starting no query.
@@ -220,6 +222,7 @@ class AthenaEngine:
             after botocore's retries.
         """
         target = "/".join(p for p in (self.prefix, self.run_id()) if p) + "/"
+        self.scanned_bytes = None
         query_id = self._start(self.unload_sql(sql, target))
         try:
             self._wait(query_id, progress or (lambda _msg: None))
@@ -250,6 +253,9 @@ class AthenaEngine:
                 raise QueryFailedError(f"cannot read query {query_id}: {_reason(exc)}") from exc
             status = execution["QueryExecution"]["Status"]
             state = status["State"]
+            scanned = execution["QueryExecution"].get("Statistics", {}).get("DataScannedInBytes")
+            if isinstance(scanned, int):
+                self.scanned_bytes = scanned
             elapsed = self.clock() - started
             progress(f"query {query_id} {state} after {elapsed:.0f}s")
             if state == "SUCCEEDED":

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from loaders.fingerprint import DEFAULT_BOUND, FingerprintBound
 from loaders.manifest import Column
+from loaders.metrics import DEFAULT_NAMESPACE
 from loaders.store import StorageBudget, parse_uri
 from loaders.validate import DEFAULT_MAX_ROW_CHANGE, parse_contract
 
@@ -60,6 +61,7 @@ class BuildSettings:
     athena_max_attempts: int = DEFAULT_ATHENA_MAX_ATTEMPTS
     source_tables: tuple[str, ...] = ()
     fingerprint: FingerprintBound = DEFAULT_BOUND
+    metrics_namespace: str = DEFAULT_NAMESPACE
 
     @classmethod
     def from_env(
@@ -115,6 +117,7 @@ class BuildSettings:
             ),
             "source_tables": _source_tables(env.get("SOURCE_TABLES")),
             "fingerprint": fingerprint_from_env(env),
+            "metrics_namespace": env.get("POWERTOOLS_METRICS_NAMESPACE") or DEFAULT_NAMESPACE,
         }  # fmt: skip
         if given:
             raise BuildConfigError(f"unknown settings: {sorted(given)}")
