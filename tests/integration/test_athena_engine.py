@@ -283,6 +283,15 @@ def test_run_returns_the_rows_of_the_select(moto: Moto, unload: FakeUnload) -> N
     assert rows(table) == customers(IDS).to_pylist()
 
 
+def test_run_keeps_what_athena_reports_it_scanned(moto: Moto, unload: FakeUnload) -> None:
+    engine = make_engine(moto.athena, moto.s3)
+    assert engine.scanned_bytes is None
+
+    engine.run(SQL)
+
+    assert engine.scanned_bytes == 0  # moto reports 0; Athena the bytes it bills
+
+
 def test_rows_spread_over_several_extensionless_files_are_all_read(
     moto: Moto, unload: FakeUnload
 ) -> None:
