@@ -6,7 +6,7 @@
      ├── BadRequestError          400 bad_request       malformed key, body or payload
      ├── KeyNotFoundError         404 not_found         the key is not in the snapshot
      ├── RouteNotFoundError       404 route_not_found   no such path
-     ├── MethodNotAllowedError    405 method_not_allowed  the path exists, the method doesn't
+     ├── MethodNotAllowedError    405 method_not_allowed  the path exists, not the method (Allow)
      └── SnapshotUnavailableError 503 snapshot_unavailable  no good snapshot is loaded (Retry-After)
 
 Every answer built from one of these is ``{"error": {"code", "message"}}``, plus the
@@ -16,7 +16,10 @@ Every answer built from one of these is ``{"error": {"code", "message"}}``, plus
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class AppError(Exception):
@@ -54,6 +57,14 @@ class RouteNotFoundError(AppError):
 class MethodNotAllowedError(AppError):
     status = HTTPStatus.METHOD_NOT_ALLOWED
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: Sequence[str]) -> None:
+        super().__init__(message)
+        self.allowed = tuple(allowed)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
 
 
 class SnapshotUnavailableError(AppError):

@@ -2,15 +2,20 @@
 
 Four callers share one entry point, :func:`handler`:
 
-- API Gateway REST (v1) proxy events and HTTP API (v2) events, through Powertools' resolvers;
+- API Gateway REST (v1) proxy events and HTTP API (v2) events, routed here by one table;
 - EventBridge scheduled events, which force a pointer check and return no customer data;
 - direct invocations, ``{"customer_id": ...}`` or ``{"customer_ids": [...]}``.
 
 Module scope holds settings, clients and the cache only; nothing of any one request.
+
+Powertools does the logging (``inject_lambda_context``) and, through :mod:`loaders.metrics`, the
+metrics. Routing is ours: three routes do not need its resolvers, whose import (with every event
+data class) cost about a tenth of the cold start, and whose dispatch was most of a request's CPU.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import math
@@ -21,12 +26,6 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import (
-    APIGatewayHttpResolver,
-    APIGatewayRestResolver,
-    Response,
-)
-from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from loaders.metrics import LOOKUP_SERVICE, Metric, MetricsRecorder, quiet_recorder
@@ -46,8 +45,8 @@ from service.memory import pin_mmap_threshold
 from service.settings import Settings, in_lambda
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
-    from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+    from collections.abc import Callable
+
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 # The snapshot lives long in a small process. With glibc malloc, Arrow hands decode buffers
@@ -61,16 +60,27 @@ copy_config_to_registered_loggers(source_logger=logger, include={"service", "loa
 
 JSON = "application/json"
 _SCHEDULE_SOURCES = frozenset({"aws.events", "aws.scheduler"})
-# Every route, in Powertools' rule syntax: registered from this table, and read again to tell
-# "no such path" (404) from "wrong method" (405).
+# Every route: the one table the router matches, and reads again to tell "no such path" (404)
+# from "wrong method" (405).
 _ROUTES = (
     ("/customers/<customer_id>", "GET"),
     ("/customers/batch", "POST"),
     ("/health", "GET"),
 )
-# The same rules as full-match patterns whose parameters take anything but "/".
+# Powertools' segment alphabet (URI characters): a REST API path whose parameters are all of
+# these may end in slashes, as its REST resolver allowed. Kept so that no answer changed when
+# routing moved here (tests/unit/test_handler_bytes.py pins them all).
+_URI_SEGMENT = r"[-._~()'!*:@,;=+&$%<> \[\]{}|^\w]+"
+
+
+def _pattern(rule: str, segment: str, tail: str = "") -> re.Pattern[str]:
+    """``rule`` as a regular expression whose ``<name>`` groups match ``segment``."""
+    return re.compile(re.sub(r"<(\w+)>", lambda m: f"(?P<{m[1]}>{segment})", rule) + tail)
+
+
+# (rule, method, full-match pattern whose parameters take anything but "/", REST's slashed one)
 _ROUTE_PATTERNS = tuple(
-    (rule, method, re.compile(re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", rule)))
+    (rule, method, _pattern(rule, "[^/]+"), _pattern(rule, _URI_SEGMENT, "/+"))
     for rule, method in _ROUTES
 )
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -114,87 +124,82 @@ def build_service(
     return Service(settings, cache, metrics)
 
 
-def _json_response(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> Response:
-    return Response(status_code=status, content_type=JSON, body=_dumps(body), headers=headers)
-
-
 def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
-def _route_match(method: str, path: str) -> tuple[str, dict[str, str]] | None:
-    """The rule and arguments of the route for ``method path`` that Powertools did not match.
+def _route_match(kind: str, method: str, path: str) -> tuple[str, dict[str, str]] | None:
+    """The rule and arguments of the route for ``method path``, if there is one.
 
-    Powertools' ``<param>`` takes URI characters only, ours anything but "/": a key holding
-    others (a quote, a backslash) is still this route's, and gets its check's 400, not a 404.
+    A parameter takes anything but "/": a key holding other characters (a quote, a backslash)
+    is still this route's, and gets its check's 400, not a 404. A REST API path may also end in
+    slashes when its parameters are URI characters (``_URI_SEGMENT``).
     """
-    for rule, route_method, pattern in _ROUTE_PATTERNS:
+    for rule, route_method, pattern, slashed in _ROUTE_PATTERNS:
+        if route_method != method:
+            continue
         match = pattern.fullmatch(path)
-        if match and route_method == method:
+        if match is None and kind == "rest_v1":
+            match = slashed.fullmatch(path)
+        if match is not None:
             return rule, match.groupdict()
     return None
 
 
-def _route_error(method: str, path: str) -> tuple[AppError, dict[str, str] | None]:
+def _route_error(method: str, path: str) -> AppError:
     """404 for an unknown path, 405 (with ``Allow``) for a known path and another method.
 
     The path is not echoed back: it may hold a customer key.
     """
-    allowed = sorted({m for _, m, pattern in _ROUTE_PATTERNS if pattern.fullmatch(path)})
+    allowed = sorted({m for _, m, pattern, _ in _ROUTE_PATTERNS if pattern.fullmatch(path)})
     if allowed and method not in allowed:
-        error = MethodNotAllowedError(f"{method} is not allowed on this route; use {allowed[0]}")
-        return error, {"Allow": ", ".join(allowed)}
-    return RouteNotFoundError(f"no route for {method} on this path"), None
-
-
-def _register(app: ApiGatewayResolver, service: Service) -> ApiGatewayResolver:
-    """Attach the lookup routes and the one error mapping to a Powertools resolver."""
-    cache, metrics = service.cache, service.metrics
-
-    def get_customer(customer_id: str) -> Response:
-        return _json_response(200, routes.get_customer(cache, customer_id, metrics=metrics))
-
-    def get_customers() -> Response:
-        try:
-            body = app.current_event.decoded_body
-        except UnicodeDecodeError:
-            raise BadRequestError("request body is not UTF-8 text") from None
-        except ValueError:  # isBase64Encoded with a body that is not base64
-            raise BadRequestError("request body is not valid base64") from None
-        payload = routes.parse_json_body(body)
-        return _json_response(
-            200,
-            routes.get_customers(
-                cache, payload, max_keys=service.settings.max_batch_keys, metrics=metrics
-            ),
+        return MethodNotAllowedError(
+            f"{method} is not allowed on this route; use {allowed[0]}", allowed=allowed
         )
+    return RouteNotFoundError(f"no route for {method} on this path")
 
-    def health() -> Response:
-        return _json_response(200, routes.health(cache))
 
-    views = {"/customers/<customer_id>": get_customer, "/customers/batch": get_customers,
-             "/health": health}  # fmt: skip
-    for rule, method in _ROUTES:
-        app.route(rule, method=method)(views[rule])
+def _method_and_path(kind: str, event: dict[str, Any]) -> tuple[str, str]:
+    """The upper-cased method and the path to route, of an event ``check_api_event`` passed."""
+    if kind == "rest_v1":
+        return event["httpMethod"].upper(), event["path"]
+    context = event["requestContext"]
+    path = event["rawPath"]
+    stage = context["stage"]
+    if stage != "$default":  # a named stage leads the path: "/Prod/health" is "/health"
+        path = path[len(stage) + 1 :]
+    return context["http"]["method"].upper(), path
 
-    @app.exception_handler(AppError)
-    def app_error(exc: AppError) -> Response:
-        return _json_response(*to_response(exc), headers=exc.headers)
 
-    @app.not_found
-    def not_found(_exc: NotFoundError) -> Response:
-        event = app.current_event
-        method, path = event.http_method.upper(), event.path
-        matched = _route_match(method, path)
-        if matched is not None:
-            rule, arguments = matched
-            return views[rule](**arguments)
-        error, headers = _route_error(method, path)
-        return _json_response(*to_response(error), headers=headers)
+def _request_body(event: dict[str, Any]) -> str | None:
+    """The request body as text, base64-decoded when the event says it is encoded."""
+    body = event.get("body")
+    if not (event.get("isBase64Encoded") and body):
+        return body
+    try:
+        return base64.b64decode(body.encode()).decode()
+    except UnicodeDecodeError:
+        raise BadRequestError("request body is not UTF-8 text") from None
+    except ValueError:  # not base64, or a lone surrogate that is no character at all
+        raise BadRequestError("request body is not valid base64") from None
 
-    return app
+
+def _http_answer(
+    kind: str, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A JSON answer in the shape of ``kind``'s API: multi-value headers for a REST API."""
+    if headers:
+        headers = {**headers}
+        headers.setdefault("Content-Type", JSON)
+    else:
+        headers = {"Content-Type": JSON}
+    text = _dumps(body)
+    if kind == "rest_v1":
+        multi = {name: [value] for name, value in headers.items()}
+        return {"statusCode": status, "body": text, "isBase64Encoded": False,
+                "multiValueHeaders": multi}  # fmt: skip
+    return {"statusCode": status, "body": text, "isBase64Encoded": False, "headers": headers,
+            "cookies": []}  # fmt: skip
 
 
 def event_kind(event: object) -> str:
@@ -218,7 +223,7 @@ def event_kind(event: object) -> str:
 
 _MISSING = object()
 _API_NAMES = {"rest_v1": "a REST API (v1)", "http_v2": "an HTTP API (v2)"}
-# The fields of an API event that Powertools' resolvers and our views read, and their types;
+# The fields of an API event that the router and our views read, and their types;
 # nothing else in an event is read, so nothing else is checked. Optional ones may be null.
 _REQUIRED_FIELDS: dict[str, tuple[tuple[str, type], ...]] = {
     "rest_v1": (("httpMethod", str), ("path", str)),
@@ -276,8 +281,8 @@ def _check_fields(kind: str, event: dict[str, Any]) -> None:
 
 
 def _check_headers(kind: str, event: dict[str, Any]) -> None:
-    # Powertools reads Accept-Encoding from every event's headers, splitting (v2) or joining
-    # (v1 multiValueHeaders) the value: a null or a number there is a TypeError in resolve().
+    # Headers are not read today, but an API never sends other than strings: refuse the rest
+    # (as when Powertools' resolvers read them) rather than answer an impossible event.
     headers = event.get("headers") or {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise BadRequestError("headers must map names to strings")
@@ -291,11 +296,11 @@ def _check_headers(kind: str, event: dict[str, Any]) -> None:
 
 
 def check_api_event(kind: str, event: dict[str, Any]) -> dict[str, Any]:
-    """Return ``event`` ready for its resolver, or raise ``BadRequestError`` saying what is wrong.
+    """Return ``event`` ready for routing, or raise ``BadRequestError`` saying what is wrong.
 
-    The one well-formedness check for API events: exactly the fields that Powertools' resolvers
-    and our views read, so that a direct invoker's half-built event is a 400 rather than a
-    ``KeyError`` or ``TypeError`` deep in ``resolve()``.
+    The one well-formedness check for API events: exactly the fields that the router and our
+    views read (and the headers), so that a direct invoker's half-built event is a 400 rather
+    than a ``KeyError`` or ``TypeError`` deep in a view.
 
     Both APIs are routed on the decoded path. A REST API sends ``path`` as the client encoded it
     (and ``pathParameters`` decoded); an HTTP API decodes the path once before routing, so
@@ -316,7 +321,7 @@ def check_api_event(kind: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _api_answer(status: int, body: dict[str, Any]) -> dict[str, Any]:
-    """An answer in the shape both APIs accept, for events that never reach a resolver."""
+    """An answer in the shape both APIs accept, for events that are not routed."""
     return {
         "statusCode": status,
         "headers": {"Content-Type": JSON},
@@ -330,14 +335,17 @@ class LookupFunction:
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self._http = _register(APIGatewayHttpResolver(), service)
-        self._rest = _register(APIGatewayRestResolver(), service)
+        self._views: dict[str, Callable[..., dict[str, Any]]] = {
+            "/customers/<customer_id>": self._get_customer,
+            "/customers/batch": self._get_customers,
+            "/health": self._health,
+        }
         self._cold = True  # the container's first invocation is its cold start
 
     def __call__(self, event: Any, context: LambdaContext) -> dict[str, Any]:
         kind = event_kind(event)
         try:
-            return self._answer(kind, event, context)
+            return self._answer(kind, event)
         finally:
             self._flush_metrics()
 
@@ -352,29 +360,46 @@ class LookupFunction:
             metrics.sample(Metric.SNAPSHOT_AGE, age)
         metrics.flush()
 
-    def _answer(self, kind: str, event: Any, context: LambdaContext) -> dict[str, Any]:
+    def _answer(self, kind: str, event: Any) -> dict[str, Any]:
         try:
             if kind in _API_NAMES:
-                return self._resolve(kind, event, context)
+                return self._resolve(kind, event)
             return self._invoke(kind, event)
         except Exception:  # the one broad catch: log the stack, answer without it
             logger.exception("unhandled error", extra={"event_kind": kind})
             if kind in _API_NAMES:
                 return _api_answer(500, internal_error_body())
             return internal_error_body()
-        finally:
-            # Powertools keeps the event being resolved on the router class; drop it so no
-            # part of this request (path, body, headers) outlives the invocation.
-            BaseRouter.current_event = None
-            BaseRouter.lambda_context = None
 
-    def _resolve(self, kind: str, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    def _resolve(self, kind: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Route an API event to its view; every AppError it raises answers through its status."""
         try:
             event = check_api_event(kind, event)
         except BadRequestError as exc:
             return _api_answer(*to_response(exc))
-        resolver = self._http if kind == "http_v2" else self._rest
-        return resolver.resolve(event, context)
+        method, path = _method_and_path(kind, event)
+        try:
+            matched = _route_match(kind, method, path)
+            if matched is None:
+                raise _route_error(method, path)
+            rule, arguments = matched
+            return _http_answer(kind, 200, self._views[rule](event, **arguments))
+        except AppError as exc:
+            return _http_answer(kind, *to_response(exc), exc.headers)
+
+    def _get_customer(self, _event: dict[str, Any], customer_id: str) -> dict[str, Any]:
+        return routes.get_customer(self.service.cache, customer_id, metrics=self.service.metrics)
+
+    def _get_customers(self, event: dict[str, Any]) -> dict[str, Any]:
+        payload = routes.parse_json_body(_request_body(event))
+        service = self.service
+        max_keys = service.settings.max_batch_keys
+        return routes.get_customers(
+            service.cache, payload, max_keys=max_keys, metrics=service.metrics
+        )
+
+    def _health(self, _event: dict[str, Any]) -> dict[str, Any]:
+        return routes.health(self.service.cache)
 
     def _invoke(self, kind: str, event: Any) -> dict[str, Any]:
         cache = self.service.cache

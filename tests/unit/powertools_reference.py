@@ -71,7 +71,8 @@ def _route_match(method: str, path: str) -> tuple[str, dict[str, str]] | None:
 def _route_error(method: str, path: str) -> tuple[AppError, dict[str, str] | None]:
     allowed = sorted({m for _, m, pattern in _ROUTE_PATTERNS if pattern.fullmatch(path)})
     if allowed and method not in allowed:
-        error = MethodNotAllowedError(f"{method} is not allowed on this route; use {allowed[0]}")
+        message = f"{method} is not allowed on this route; use {allowed[0]}"
+        error = MethodNotAllowedError(message, allowed=allowed)
         return error, {"Allow": ", ".join(allowed)}
     return RouteNotFoundError(f"no route for {method} on this path"), None
 
