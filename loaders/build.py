@@ -238,7 +238,11 @@ def build(
     step("fingerprint", started)
     if standing is not None:
         unchanged = Changes(standing.version, added=0, removed=0, changed=0)
-        return BuildResult(standing, Outcome.UNCHANGED, standing.version, unchanged, seconds)
+        result = BuildResult(standing, Outcome.UNCHANGED, standing.version, unchanged, seconds)
+        # Nothing is written but the build record: each run leaves one, so `status` shows it.
+        return record(
+            store, result, finished_at=now(), elapsed_seconds=time.perf_counter() - build_started
+        )
 
     started = time.perf_counter()
     base = _base(store, _current_version(store), say)

@@ -130,8 +130,13 @@ def test_superseded_build_exits_3_and_says_why(
 
 
 def root_files(root: Path) -> dict[str, bytes]:
-    """Every file under a snapshot root, with its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    """Every file under a snapshot root, with its bytes; not the build records under
+    ``builds/``, which every run writes (an unchanged one too) as its report."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).parts[0] != "builds"
+    }
 
 
 def test_second_build_on_the_same_source_is_unchanged_and_writes_nothing(

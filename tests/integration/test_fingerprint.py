@@ -162,9 +162,14 @@ class Athena:
         return len(self.athena.list_query_executions()["QueryExecutionIds"])
 
     def files(self) -> dict[str, bytes]:
-        """Every file of the snapshot root and its bytes: what an unchanged build must keep."""
+        """Every file of the snapshot root and its bytes: what an unchanged build must keep.
+        Not the build records under ``builds/``: every run writes one, an unchanged one too."""
         root = self.store.root
-        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and p.relative_to(root).parts[0] != "builds"
+        }
 
 
 @pytest.fixture

@@ -177,6 +177,25 @@ def test_build_writes_latest_and_a_kept_record_of_its_outcome_and_counts(
     assert json.loads(root.read(kept[0])) == json.loads(root.read(LATEST_KEY))
 
 
+def test_unchanged_build_writes_only_its_record(root: ObjectStore, source: Path) -> None:
+    first = run_build(root, source)
+    snapshots = {k for k in stored_keys(root) if not k.startswith("builds/")}
+
+    again = run_build(root, source, now=T1 + timedelta(hours=1))
+
+    record = read_latest(root)
+    kept = [k for k in stored_keys(root) if k.startswith("builds/") and k != LATEST_KEY]
+    assert again.outcome is Outcome.UNCHANGED
+    assert (record.outcome, record.version, record.changes) == (
+        "unchanged",
+        first.manifest.version,
+        {"added": 0, "removed": 0, "changed": 0},
+    )
+    assert "query" not in record.seconds
+    assert len(kept) == 2
+    assert {k for k in stored_keys(root) if not k.startswith("builds/")} == snapshots
+
+
 def test_build_record_holds_no_customer_key(root: ObjectStore, source: Path, v1: str) -> None:
     run_build(root, source)
 
