@@ -2,6 +2,7 @@
 
     python scripts/bench.py [--sizes 100000,1000000] [--quick] [--out bench]
     python scripts/bench.py --soak [--rows 1000000] [--refreshes 5] [--blackhole] [--out bench/soak]
+    python scripts/bench.py --rollback [--rows 1000000] [--out bench/rollback]
 
 For each size it publishes one sample snapshot (file:// and S3 on a local moto server) and
 measures, each system in a fresh interpreter so that RSS growth is its own:
@@ -14,8 +15,9 @@ measures, each system in a fresh interpreter so that RSS growth is its own:
 - peers on the same table and probe keys: a dict of tuples, pandas ``.loc``, an Arrow
   ``equal`` + ``filter`` scan, and a DuckDB query per lookup over the Parquet file.
 
-``--soak`` and ``--blackhole`` measure these instead of the comparison (default ``--out``
-``bench/soak``, so the comparison's results stay):
+``--soak``, ``--blackhole`` and ``--rollback`` measure these instead of the comparison (default
+``--out`` ``bench/soak``, or ``bench/rollback`` for ``--rollback`` alone, so the comparison's
+results stay):
 
 - soak: ``--refreshes + 1`` versions of a ``--rows`` table, each a few rows apart; for each store
   (file:// and S3), a fresh interpreter without pandas builds the function as Lambda does
@@ -24,10 +26,16 @@ measures, each system in a fresh interpreter so that RSS growth is its own:
   steady RSS after each, their ratios, Arrow nbytes and refresh times;
 - black hole: the time a warm request (snapshot loaded, TTL lapsed) and a cold one (nothing
   loaded) take to be answered through the handler while S3 accepts connections and never
-  answers, at the default budgets; the longest of ``--blackhole-runs``.
+  answers, at the default budgets; the longest of ``--blackhole-runs``;
+- rollback: two ``--rows`` versions in a file:// root, the second current; a fresh interpreter
+  without pandas loads the lookup function as Lambda does (``build_service``, TTL 0 so the TTL
+  itself adds nothing) and serves the second; then ``snapshotctl rollback`` runs as its own
+  process, and lookups go on until one answers from the first version: the command's seconds
+  (interpreter start, verification of the target, the swap), then the reader's reload.
 
-Writes ``<out>/results.json`` (size -> system -> figure, plus ``soak`` -> store -> figure and
-``blackhole`` -> warm/cold -> figure), ``<out>/results.md`` and PNG plots.
+Writes ``<out>/results.json`` (size -> system -> figure, plus ``soak`` -> store -> figure,
+``blackhole`` -> warm/cold -> figure and ``rollback`` -> figure), ``<out>/results.md`` and PNG
+plots.
 Quote medians and ratios: the machines are shared and noisy.
 """
 
@@ -60,7 +68,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loaders.manifest import DATA_NAME, announce, new_version, read_pointer, snapshot_key
+from loaders.manifest import (
+    DATA_NAME,
+    Pointer,
+    announce,
+    new_version,
+    read_pointer,
+    snapshot_key,
+)
 from loaders.publish import publish_table
 from loaders.snapshot import write_snapshot
 from loaders.store import FileStore, S3Store
@@ -914,6 +929,104 @@ class MotoServer:
         self.server.stop()
 
 
+# --- rollback: from the command to the first lookup that serves the old version -------------
+
+ROLLBACK_RUNS = 3
+
+
+def measure_rollback(job: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh interpreter: serve the current version through the lookup function, run
+    ``snapshotctl rollback`` as a separate process, and look up until the old version answers.
+
+    ``job`` holds ``uri``, ``versions`` (old, then current) and ``key`` (one key of both).
+    """
+    from service.handler import LookupFunction, build_service
+    from service.local_server import LocalContext, to_event
+    from service.settings import Settings
+
+    old, current = job["versions"]
+    # TTL 0: every lookup may re-check the pointer, so the figure is the reload, not the TTL.
+    service = build_service(Settings(snapshot_uri=job["uri"], refresh_ttl_seconds=0.0))
+    function = LookupFunction(service)
+    event = to_event("GET", f"/customers/{job['key']}", {}, b"", "127.0.0.1")
+    context = LocalContext()
+
+    def served() -> str:
+        response = function(event, context)
+        if response["statusCode"] != 200:
+            raise RuntimeError(f"lookup answered {response['statusCode']}")
+        return json.loads(response["body"])["snapshot"]["version"]
+
+    if served() != current:
+        raise RuntimeError(f"the reader does not serve {current} before the rollback")
+    command = [sys.executable, "-m", "loaders.cli", "rollback", "--root", job["uri"]]
+    command += ["--reason", "bench", "--json", "--quiet"]
+    started = time.perf_counter()
+    rolled = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    command_s = time.perf_counter() - started
+    if rolled.returncode != 0:
+        raise RuntimeError(f"rollback failed: {rolled.stderr.strip()}")
+    lookups_on_current = 0
+    while (version := served()) != old:
+        if version != current:
+            raise RuntimeError(f"the reader served {version}")
+        lookups_on_current += 1
+    reload_s = time.perf_counter() - started - command_s
+    change = json.loads(rolled.stdout)
+    return {
+        "rollback_command_s": round(command_s, 3),
+        "verify_s": change["verification"]["seconds"],
+        "reader_reload_s": round(reload_s, 3),
+        "total_s": round(command_s + reload_s, 3),
+        "lookups_on_current_after_command": lookups_on_current,
+    }
+
+
+def _reset_pointer(root: Path, versions: list[str]) -> None:
+    """``CURRENT`` = the second version, unpinned, with the first as previous."""
+    store = FileStore(root)
+    announce(store, versions[1], previous=Pointer(versions[0], read_pointer(store).etag))
+
+
+def run_rollback(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
+    """Publish two ``--rows`` versions, then time ``ROLLBACK_RUNS`` rollbacks, each reader in a
+    fresh interpreter; the median run's figures, and every run's total."""
+    with tempfile.TemporaryDirectory(prefix="bench-rollback-") as tmp:
+        bar.set_description(f"rollback {args.rows:,} rows: publish 2 versions")
+        root = Path(tmp) / "snapshots"
+        versions = publish_versions(root, args.rows, 2)
+        key = pq.read_table(root / snapshot_key(versions[0], DATA_NAME), columns=[KEY])[KEY][0]
+        bar.update()
+        runs = []
+        for n in range(ROLLBACK_RUNS):
+            bar.set_description(f"rollback {args.rows:,} rows: run {n + 1}/{ROLLBACK_RUNS}")
+            _reset_pointer(root, versions)
+            job = {"uri": root.as_uri(), "versions": versions, "key": key.as_py()}
+            runs.append(_in_fresh_interpreter("measure_rollback", job))
+        bar.update()
+    median = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]
+    return {"rows": args.rows, **median, "runs_total_s": [r["total_s"] for r in runs]}
+
+
+def _rollback_lines(figures: dict[str, Any]) -> list[str]:
+    return [
+        "## Rollback: from the command to the first lookup that serves the old version",
+        "",
+        f"{figures['rows']:,} rows, file:// root; the lookup function built as in Lambda "
+        "(`build_service`) with `REFRESH_TTL_SECONDS=0`, in its own interpreter; "
+        "`snapshotctl rollback` run as a separate process. Median of "
+        f"{len(figures['runs_total_s'])} runs (totals: "
+        f"{', '.join(str(t) for t in figures['runs_total_s'])} s). In production add up to "
+        "`REFRESH_TTL_SECONDS` (300 s by default) before a warm reader checks the pointer.",
+        "",
+        "| rollback command s | of which verification s | reader reload s | total s |",
+        "|---:|---:|---:|---:|",
+        f"| {figures['rollback_command_s']} | {figures['verify_s']} | "
+        f"{figures['reader_reload_s']} | {figures['total_s']} |",
+        "",
+    ]
+
+
 def run_size(size: int, args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
     import boto3
 
@@ -1077,6 +1190,8 @@ def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
         lines += _soak_lines(results["soak"])
     if "blackhole" in results:
         lines += _blackhole_lines(results["blackhole"])
+    if "rollback" in results:
+        lines += _rollback_lines(results["rollback"])
     path.write_text("\n".join(lines))
 
 
@@ -1170,6 +1285,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--blackhole", action="store_true", help="time to an answer with S3 unresponsive"
     )
     parser.add_argument("--blackhole-runs", type=int, default=3, help="runs of each request")
+    parser.add_argument(
+        "--rollback",
+        action="store_true",
+        help="seconds from `snapshotctl rollback` to a lookup serving the old version (--rows)",
+    )
     args = parser.parse_args(argv)
     args.peers = [p for p in args.peers.split(",") if p]
     if unknown := set(args.peers) - set(PEERS):
@@ -1179,9 +1299,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown soak stores: {sorted(unknown)}")
     if args.refreshes < 1 or args.rows < 1 or args.blackhole_runs < 1:
         parser.error("--rows, --refreshes and --blackhole-runs must be at least 1")
-    args.compare = not (args.soak or args.blackhole)
+    args.compare = not (args.soak or args.blackhole or args.rollback)
     if args.out is None:
-        args.out = Path("bench") if args.compare else Path("bench/soak")
+        only_rollback = args.rollback and not (args.soak or args.blackhole)
+        args.out = Path("bench/rollback" if only_rollback else "bench/soak")
+        args.out = Path("bench") if args.compare else args.out
     return args
 
 
@@ -1192,7 +1314,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict[str, Any] = {}
     steps = len(sizes) * (3 + len(args.peers))
-    steps += (1 + len(args.soak_stores)) * args.soak + 2 * args.blackhole
+    steps += (1 + len(args.soak_stores)) * args.soak + 2 * args.blackhole + 2 * args.rollback
     with MotoServer(), tqdm(total=steps, unit="step") as bar:
         for size in sizes:
             results[str(size)] = run_size(size, args, bar)
@@ -1200,6 +1322,8 @@ def main(argv: list[str] | None = None) -> int:
             results["soak"] = run_soak(args, bar)
         if args.blackhole:
             results["blackhole"] = run_blackhole(args, bar)
+        if args.rollback:
+            results["rollback"] = run_rollback(args, bar)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, args.out / "results.md", command.strip())

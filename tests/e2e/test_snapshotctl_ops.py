@@ -497,3 +497,25 @@ def test_help_lists_every_operator_command(capsys: pytest.CaptureFixture[str]) -
     listed = [line.split()[0] for line in lines if line[:4] == "    " and line[4] != " "]
     for command in ("status", "diff", "verify", "rollback", "pin", "unpin", "announce", "gc"):
         assert command in listed
+
+
+# --- the benchmark's rollback measurement cannot rot ----------------------------------------
+
+
+def test_bench_rollback_measurement_runs_end_to_end(tmp_path: Path) -> None:
+    from scripts import bench
+
+    root = tmp_path / "snapshots"
+    versions = bench.publish_versions(root, 1_000, 2)
+    bench._reset_pointer(root, versions)
+    key = pq.read_table(root / snapshot_key(versions[0], DATA_NAME), columns=["customer_id"])
+
+    figures = bench.measure_rollback(
+        {"uri": root.as_uri(), "versions": versions, "key": key["customer_id"][0].as_py()}
+    )
+
+    assert set(figures) == {
+        "rollback_command_s", "verify_s", "reader_reload_s", "total_s",
+        "lookups_on_current_after_command",
+    }  # fmt: skip
+    assert try_read_pointer(FileStore(root)).version == versions[0]
