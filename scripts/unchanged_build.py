@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=lambda _message: None,
         )
         print(f"source: 1 Glue table, {args.partitions} partitions, {objects} objects")
-        print(f"first build: {first.outcome.value} {first.manifest.version}, "
-              f"fingerprint {first.manifest.source['fingerprint']}")  # fmt: skip
+        recorded = first.manifest.source.get("fingerprint", "none (see warning)")
+        print(f"first build: {first.outcome.value}, fingerprint {recorded}")
 
         before = queries_started()
         totals, fingerprints, outcomes = [], [], []
