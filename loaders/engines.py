@@ -30,6 +30,7 @@ import sqlparse
 import sqlparse.sql
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlparse import tokens as T
+from sqlparse.exceptions import SQLParseError
 
 from loaders.errors import QueryFailedError, SnapshotInvalidError
 from loaders.fingerprint import (
@@ -110,7 +111,7 @@ def normalised_select(sql: str) -> str:
     """
     try:
         return check_select(sql)
-    except QueryFailedError as exc:
+    except (QueryFailedError, SQLParseError) as exc:  # sqlparse caps what it will group
         raise FingerprintUnavailableError(str(exc)) from exc
 
 

@@ -765,3 +765,10 @@ def test_handler_returns_and_logs_unchanged_and_force_rebuilds(
     assert forced["outcome"] == "announced"
     assert forced["version"] != first["version"]
     assert read_manifest(lambda_root, forced["version"]).source["fingerprint"]["kind"] == "files"
+
+
+def test_sql_past_sqlparse_limits_is_unavailable_not_an_error() -> None:
+    huge = "SELECT " + ", ".join(f"c{i}" for i in range(12_000)) + " FROM customers"
+
+    with pytest.raises(FingerprintUnavailableError, match="Maximum number of tokens"):
+        DuckDBEngine({"customers": "customers.parquet"}).fingerprint(huge)
