@@ -322,6 +322,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         return 0
     print(f"{found.old} -> {found.new}  (key {found.key_column})")
     print(f"rows     {found.old_rows:,} -> {found.new_rows:,}")
+    schema = f"{len(found.columns)} column(s) differ" if found.columns else "same names and types"
+    print(f"columns  {schema}")
+    print()
     _table(
         ["ROWS", "COUNT", "EXAMPLES"],
         [
@@ -330,14 +333,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
         ],
         frozenset({1}),
     )
+    if found.changed_by_column:
+        print()
+        _table(
+            ["COLUMN", "ROWS CHANGED"],
+            [[name, f"{n:,}"] for name, n in found.changed_by_column.items()],
+            frozenset({1}),
+        )
     if found.columns:
         print()
         _table(
             ["COLUMN", "OLD TYPE", "NEW TYPE"],
             [[c.name, c.old_type or "-", c.new_type or "-"] for c in found.columns],
         )
-    else:
-        print("columns  same names and types")
     return 0
 
 
@@ -382,7 +390,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             _store(args),
             args.version,
             by=_operator(),
-            at=datetime.now(UTC),
+            at=datetime.now(UTC).replace(microsecond=0),
             reason=args.reason,
             progress=bar,
         )
@@ -396,7 +404,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
             _store(args),
             args.version,
             by=_operator(),
-            at=datetime.now(UTC),
+            at=datetime.now(UTC).replace(microsecond=0),
             reason=args.reason,
             progress=bar,
         )

@@ -38,6 +38,8 @@ from loaders.validate import diff as diff_tables
 if TYPE_CHECKING:
     from datetime import datetime
 
+    import pyarrow as pa
+
     from loaders.store import ObjectStore
 
 _DENIED_CODES = frozenset({"AccessDenied", "403", "AllAccessDisabled"})
@@ -388,8 +390,10 @@ class ColumnChange:
 class VersionDiff:
     """Rows and columns that differ from ``old`` to ``new``.
 
-    ``examples`` holds up to 20 keys per kind (added, removed, changed): customer data, for the
-    operator's terminal only.
+    ``changed_by_column`` counts, for each column both versions have, the rows present in both
+    whose value in that column differs (a row can count under several columns). ``examples``
+    holds up to 20 keys per kind (added, removed, changed): customer data, for the operator's
+    terminal only.
     """
 
     old: str
@@ -401,6 +405,7 @@ class VersionDiff:
     removed: int
     changed: int
     columns: tuple[ColumnChange, ...] = ()
+    changed_by_column: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -413,6 +418,7 @@ class VersionDiff:
             "added": self.added,
             "removed": self.removed,
             "changed": self.changed,
+            "changed_by_column": self.changed_by_column,
             "columns": [c.to_dict() for c in self.columns],
             "examples": self.examples,
         }
@@ -448,7 +454,7 @@ def diff(
         If a version fails verification.
     """
     progress = progress or NoProgress()
-    progress.begin(7, f"diff {old} {new}")
+    progress.begin(8, f"diff {old} {new}")
     snapshots = []
     for version in (old, new):
         manifest = kept_manifest(store, version)
@@ -463,6 +469,8 @@ def diff(
         )
     changes = diff_tables(after.table, before.table, key_column=key_column, previous_version=old)
     progress.advance("compare")
+    by_column = _changed_by_column(before.table, after.table, key_column, old)
+    progress.advance("compare by column")
     return VersionDiff(
         old=old,
         new=new,
@@ -473,5 +481,22 @@ def diff(
         removed=changes.removed,
         changed=changes.changed,
         columns=column_changes(before.manifest, after.manifest),
+        changed_by_column=by_column,
         examples=changes.examples,
     )
+
+
+def _changed_by_column(
+    before: pa.Table, after: pa.Table, key_column: str, old: str
+) -> dict[str, int]:
+    """Rows changed in each column both tables have: the question after "how many changed"."""
+    shared = [n for n in after.column_names if n != key_column and n in before.column_names]
+    return {
+        name: diff_tables(
+            after.select([key_column, name]),
+            before.select([key_column, name]),
+            key_column=key_column,
+            previous_version=old,
+        ).changed
+        for name in shared
+    }

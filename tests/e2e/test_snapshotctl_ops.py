@@ -161,6 +161,7 @@ def test_diff_json_shape(
         "new_rows": 20,
     }
     assert (doc["columns"], doc["examples"]["added"]) == ([], ["C000000019", "C000000020"])
+    assert doc["changed_by_column"]["segment"] == 18
 
 
 def test_verify_exits_0_for_a_good_version_and_1_with_the_reason_for_a_bad_one(

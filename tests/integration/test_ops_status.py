@@ -138,6 +138,14 @@ def test_diff_counts_rows_added_removed_and_changed_between_any_two_kept_version
     assert found.examples["added"] == IDS[18:20]
 
 
+def test_diff_counts_changed_rows_per_column(root: ObjectStore, versions: list[str]) -> None:
+    found = diff(root, versions[1], versions[2])
+
+    assert found.changed_by_column == {
+        "account_id": 0, "segment": 19, "region": 0, "tier": 0, "updated_at": 0,
+    }  # fmt: skip
+
+
 def test_diff_backwards_counts_the_other_way(root: ObjectStore, versions: list[str]) -> None:
     found = diff(root, versions[2], versions[0])
 
