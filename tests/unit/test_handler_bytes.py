@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import given
 
-from service import routes
+from service import handler, routes
 from service.handler import LookupFunction, Service, event_kind
 from service.local_server import LocalContext
 from service.settings import Settings
@@ -367,6 +367,22 @@ def test_api_skeleton_answers_match_powertools_routing(
     both: Callable[[object], tuple[str, str]], fuzzed: Any
 ) -> None:
     _same(both, fuzzed)
+
+
+def _quick_check_agrees(fuzzed: object) -> None:
+    kind = event_kind(fuzzed)
+    if kind not in APIS:
+        return
+    assert isinstance(fuzzed, dict)
+    if handler._has_fields(kind, fuzzed) and handler._has_string_headers(kind, fuzzed):
+        handler._check_fields(kind, fuzzed)  # raises if the quick check let a bad one through
+        handler._check_headers(kind, fuzzed)
+
+
+@given(fuzzed=api_events("rest_v1") | api_events("http_v2") | api_skeletons)
+@fuzz_settings(3_000)
+def test_quick_event_check_passes_only_what_the_full_check_passes(fuzzed: Any) -> None:
+    _quick_check_agrees(fuzzed)
 
 
 if __name__ == "__main__":
