@@ -9,6 +9,10 @@ for it only up to a deadline: ``refresh_wait_seconds`` with a snapshot in hand, 
 ``load_wait_seconds`` without one. Past the deadline the request answers from what is loaded
 (or with a 503), and the check finishes on its own, bounded by the store client's timeouts.
 What a failure means is decided once, by :func:`loaders.errors.classify`.
+
+Where something else runs the due checks between requests (``service.refresher``: an internal
+extension after each response, or a timer thread), ``checks_in_request`` is off and a request
+with a snapshot in hand never starts one.
 """
 
 from __future__ import annotations
@@ -136,6 +140,11 @@ class SnapshotCache:
         Hands freed pages back to the system after a swap.
     metrics : MetricsRecorder, optional
         Counts pointer checks by outcome, and samples each load's seconds, rows and bytes.
+    checks_in_request : bool, default True
+        Whether :meth:`get` starts the due check itself. Off while a refresher runs due checks
+        between requests (:meth:`check_if_due`); a request without any snapshot still waits
+        for the first load, since there is nothing to answer from. The attribute of that name
+        may be switched at any time (a refresher that stops hands the checks back).
     """
 
     def __init__(
@@ -154,7 +163,9 @@ class SnapshotCache:
         release_memory: Callable[[], None] = release_unused,
         metrics: MetricsRecorder | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        checks_in_request: bool = True,
     ) -> None:
+        self.checks_in_request = checks_in_request
         self._source = source
         self._key_column = key_column
         self._max_staleness_seconds = max_staleness_seconds
@@ -184,18 +195,54 @@ class SnapshotCache:
         current = self._current
         return None if current is None else current.manifest.version
 
+    @property
+    def source(self) -> SnapshotSource:
+        """Where snapshots come from (what an after-restore hook gives a fresh client)."""
+        return self._source
+
+    @property
+    def refresh_wait_seconds(self) -> float:
+        """The longest a caller with a snapshot in hand waits on one check."""
+        return self._refresh_wait_seconds
+
+    @property
+    def is_check_due(self) -> bool:
+        """Whether the TTL lapsed (or was expired) since the last check finished."""
+        return _GATE_KEY not in self._gate
+
+    def expire(self) -> None:
+        """Expire the TTL gate now: the next :meth:`get` or :meth:`check_if_due` checks."""
+        self._gate.pop(_GATE_KEY, None)
+
     def get(self) -> Serving:
         """The snapshot to answer one request from, checking the pointer first if the TTL lapsed.
+
+        With ``checks_in_request`` off, a due check is left to the refresher unless nothing is
+        loaded yet.
 
         Raises
         ------
         SnapshotUnavailableError
             If no good snapshot is loaded when the load deadline passes.
         """
-        if _GATE_KEY not in self._gate:
+        if _GATE_KEY not in self._gate and (self.checks_in_request or self._current is None):
             # With a snapshot in hand, never queue behind another request's check.
             self._check(join=self._current is None)
         return self.serving()
+
+    def check_if_due(self, *, wait_seconds: float | None = None) -> CheckOutcome | None:
+        """Run the due check now, joining one in flight; None when no check is due.
+
+        Parameters
+        ----------
+        wait_seconds : float, optional
+            How long to wait for it; by default the cache's own deadline (the refresh wait
+            with a snapshot, the load wait without). A check still running then goes on alone
+            and this returns ``CheckOutcome.PENDING``.
+        """
+        if _GATE_KEY in self._gate:
+            return None
+        return self._check(join=True, wait_seconds=wait_seconds)
 
     def serving(self) -> Serving:
         """The current snapshot without any refresh.
@@ -243,7 +290,7 @@ class SnapshotCache:
             status["degraded"] = True
         return status
 
-    def _check(self, *, join: bool) -> CheckOutcome:
+    def _check(self, *, join: bool, wait_seconds: float | None = None) -> CheckOutcome:
         cold = self._current is None
         with self._checks:
             check = self._in_flight
@@ -254,7 +301,9 @@ class SnapshotCache:
                 ).start()
             elif not join:
                 return CheckOutcome.PENDING
-        wait = self._load_wait_seconds if cold else self._refresh_wait_seconds
+        wait = wait_seconds
+        if wait is None:
+            wait = self._load_wait_seconds if cold else self._refresh_wait_seconds
         if not check.done.wait(wait):
             self._log.warning(
                 "pointer check still running after %.1fs; serving %s", wait, self.version

@@ -43,7 +43,9 @@ from service.errors import (
     to_response,
 )
 from service.memory import pin_mmap_threshold
+from service.refresher import start_refresher, wrap_handler
 from service.settings import Settings, in_lambda
+from service.snapstart import register_restore_hook
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -476,12 +478,21 @@ def start_in_lambda() -> LookupFunction | None:
     waits for it at most ``COLD_LOAD_WAIT_SECONDS`` (Lambda caps init at 10 s); a load still
     running then finishes in the background, and a failed one is retried by the next request,
     which answers 503 with ``Retry-After`` meanwhile.
+
+    Then, still in init: the SnapStart after-restore hook is registered (the image is taken
+    after init), and the refresher this platform allows is started (Lambda accepts extension
+    registrations only until the runtime first asks for an invocation).
     """
     if not in_lambda():
         return None
     function = default_function()
-    function.service.cache.refresh()
+    cache, settings = function.service.cache, function.service.settings
+    cache.refresh()
+    register_restore_hook(cache, settings)
+    start_refresher(cache, settings)
     return function
 
 
 start_in_lambda()
+# An internal extension refreshes after each response; the handler tells it when it answered.
+handler = wrap_handler(handler)

@@ -226,6 +226,7 @@ class LocalServer(ThreadingHTTPServer):
 def main(argv: list[str] | None = None) -> int:
     """Load the snapshot named by SNAPSHOT_URI, then serve it on 127.0.0.1."""
     from service.handler import default_function, handler
+    from service.refresher import TimedRefresher
     from service.settings import ConfigError
 
     parser = argparse.ArgumentParser(description="Serve the lookup handler on 127.0.0.1.")
@@ -243,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: no snapshot could be loaded; /health will answer 503", file=sys.stderr)
     server = LocalServer(handler, args.port)
     cache = function.service.cache
+    # This process is never frozen: a timer runs the due checks, so no request waits on one.
+    refresher = (
+        None if function.service.settings.refresh_mode == "request" else TimedRefresher(cache)
+    )
+    if refresher is not None:
+        refresher.start()
     example = "C000000001"
     if cache.version is not None:
         index = cache.serving().index
@@ -260,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if refresher is not None:
+            refresher.stop(timeout_seconds=5)
         server.server_close()
     return 0
 

@@ -30,6 +30,9 @@ DEFAULT_MEMORY_MARGIN_MB = 256
 DEFAULT_STORAGE = StorageBudget(
     DEFAULT_S3_CONNECT_TIMEOUT_SECONDS, DEFAULT_S3_READ_TIMEOUT_SECONDS, DEFAULT_S3_MAX_ATTEMPTS
 )
+# "auto": due pointer checks run outside requests where the platform allows (service.refresher);
+# "request": the request that finds the TTL lapsed starts the check, as before.
+REFRESH_MODES = ("auto", "request")
 _COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -63,6 +66,16 @@ class Settings:
         no budget outside Lambda. 0 turns the check off.
     metrics_namespace : str, default "CustomerLookup"
         ``POWERTOOLS_METRICS_NAMESPACE``: where the function's metrics go in CloudWatch.
+    refresh_mode : str, default "auto"
+        ``REFRESH_MODE``: ``auto`` runs due pointer checks after the response (an internal
+        extension) or on a timer where the environment is never frozen; ``request`` keeps
+        them in the request that finds the TTL lapsed.
+    runtime_api : str or None
+        ``AWS_LAMBDA_RUNTIME_API``, set by Lambda: ``host:port`` of the Runtime and
+        Extensions APIs. None outside Lambda.
+    max_concurrency : int or None
+        ``AWS_LAMBDA_MAX_CONCURRENCY``, set by Lambda Managed Instances only (one process per
+        concurrent request; the environment is never frozen between requests).
     """
 
     snapshot_uri: str
@@ -75,6 +88,9 @@ class Settings:
     cold_load_wait_seconds: float = DEFAULT_COLD_LOAD_WAIT_SECONDS
     memory_budget_mb: int | None = None
     metrics_namespace: str = DEFAULT_NAMESPACE
+    refresh_mode: str = "auto"
+    runtime_api: str | None = None
+    max_concurrency: int | None = None
 
     @property
     def memory_budget_bytes(self) -> int | None:
@@ -130,7 +146,23 @@ class Settings:
             ),
             memory_budget_mb=_memory_budget_mb(env),
             metrics_namespace=_namespace(env),
+            refresh_mode=_refresh_mode(env),
+            runtime_api=(env.get("AWS_LAMBDA_RUNTIME_API") or "").strip() or None,
+            max_concurrency=_max_concurrency(env),
         )
+
+
+def _refresh_mode(env: Mapping[str, str]) -> str:
+    mode = (env.get("REFRESH_MODE") or "").strip().lower() or REFRESH_MODES[0]
+    if mode not in REFRESH_MODES:
+        raise ConfigError(f"REFRESH_MODE: {mode!r} is not one of {', '.join(REFRESH_MODES)}")
+    return mode
+
+
+def _max_concurrency(env: Mapping[str, str]) -> int | None:
+    if not (env.get("AWS_LAMBDA_MAX_CONCURRENCY") or "").strip():
+        return None
+    return int(_number(env, "AWS_LAMBDA_MAX_CONCURRENCY", 1, 1, integer=True))
 
 
 def _namespace(env: Mapping[str, str]) -> str:
