@@ -68,12 +68,21 @@ class QueryEngine(Protocol):
 
 
 def _statements(sql: str) -> list[sqlparse.sql.Statement]:
-    """The statements in ``sql`` that hold more than comments and semicolons."""
-    return [
-        statement
-        for statement in sqlparse.parse(sql)
-        if sqlparse.format(statement.value, strip_comments=True).strip(" \t\r\n;")
-    ]
+    """The statements in ``sql`` that hold more than comments and semicolons.
+
+    Raises
+    ------
+    QueryFailedError
+        If sqlparse gives up on it (it refuses statements past a token limit).
+    """
+    try:
+        return [
+            statement
+            for statement in sqlparse.parse(sql)
+            if sqlparse.format(statement.value, strip_comments=True).strip(" \t\r\n;")
+        ]
+    except SQLParseError as exc:
+        raise QueryFailedError(f"the query cannot be parsed: {exc}") from exc
 
 
 def check_select(sql: str) -> str:
