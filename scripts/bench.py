@@ -3,6 +3,7 @@
     python scripts/bench.py [--sizes 100000,1000000] [--quick] [--out bench]
     python scripts/bench.py --soak [--rows 1000000] [--refreshes 5] [--blackhole] [--out bench/soak]
     python scripts/bench.py --rollback [--rows 1000000] [--out bench/rollback]
+    python scripts/bench.py --refresh-latency [--rows 1000000] [--invocations 2000]
 
 For each size it publishes one sample snapshot (file:// and S3 on a local moto server) and
 measures, each system in a fresh interpreter so that RSS growth is its own:
@@ -31,7 +32,14 @@ results stay):
   without pandas loads the lookup function as Lambda does (``build_service``, TTL 0 so the TTL
   itself adds nothing) and serves the second; then ``snapshotctl rollback`` runs as its own
   process, and lookups go on until one answers from the first version: the command's seconds
-  (interpreter start, verification of the target, the swap), then the reader's reload.
+  (interpreter start, verification of the target, the swap), then the reader's reload;
+- refresh latency (``--refresh-latency``): two ``--rows`` versions in a file:// root; for each
+  refresh mode, the lookup function runs under the real runtime client (``awslambdaric``)
+  against tests/lambda_runtime_fake.py (the Runtime and Extensions APIs, the process frozen
+  between invocations), and ``--invocations`` direct invocations go through it one after the
+  other, the second version announced halfway: response times (event handed to the runtime ->
+  response) and the caller's (queued behind the previous invocation's after-response work
+  included), before and after the announcement.
 
 Writes ``<out>/results.json`` (size -> system -> figure, plus ``soak`` -> store -> figure,
 ``blackhole`` -> warm/cold -> figure and ``rollback`` -> figure), ``<out>/results.md`` and PNG
@@ -1027,6 +1035,139 @@ def _rollback_lines(figures: dict[str, Any]) -> list[str]:
     ]
 
 
+# --- refresh latency: invocation times while a new version arrives ---------------------------
+
+# Lapses several times in a run, so that pointer checks happen in it (300 s in production).
+REFRESH_LATENCY_TTL_SECONDS = 0.1
+REFRESH_LATENCY_WARMUP = 100
+# Mode -> the function's extra environment: the extension after each response (the default in
+# Lambda), and the checks in the request that finds the TTL lapsed.
+REFRESH_LATENCY_MODES: dict[str, dict[str, str]] = {
+    "extension": {},
+    "in_request": {"REFRESH_MODE": "request"},
+}
+
+
+def _latency_ms(seconds: list[float]) -> dict[str, float]:
+    samples = [s * 1000 for s in seconds]
+    return {
+        "p50_ms": round(statistics.median(samples), 3),
+        "p99_ms": round(_pct(samples, 0.99), 3),
+        "p999_ms": round(_pct(samples, 0.999), 3),
+        "max_ms": round(max(samples), 3),
+    }
+
+
+def _window(invocations: list[Any]) -> dict[str, Any]:
+    released = [i.after_response_seconds for i in invocations if i.released_at is not None]
+    return {
+        "invocations": len(invocations),
+        "response": _latency_ms([i.response_seconds for i in invocations]),
+        "caller": _latency_ms([i.caller_seconds for i in invocations]),
+        "after_response_max_ms": round(max(released, default=0.0) * 1000, 3),
+    }
+
+
+def measure_refresh_latency(
+    root: Path, versions: list[str], keys: list[str], mode: str, invocations: int
+) -> dict[str, Any]:
+    """``invocations`` one after the other through a stand-in Lambda environment running the
+    function under ``awslambdaric``; ``versions[1]`` is announced halfway."""
+    from tests.lambda_runtime_fake import lambda_environment
+
+    store = FileStore(root)
+    announce(store, versions[0], previous=read_pointer(store))  # every run starts from the first
+    env = {
+        "SNAPSHOT_URI": root.as_uri(),
+        "REFRESH_TTL_SECONDS": str(REFRESH_LATENCY_TTL_SECONDS),
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        **REFRESH_LATENCY_MODES[mode],
+    }
+    half = invocations // 2
+    runs: list[tuple[Any, str]] = []
+    with lambda_environment(env) as fake:
+        if not fake.wait_initialized(120) or fake.init_error is not None:
+            raise RuntimeError(f"the function did not start: {fake.init_error}")
+        for key in keys[:REFRESH_LATENCY_WARMUP]:
+            fake.invoke({"customer_id": key}, 60)
+        for n in range(invocations):
+            if n == half:
+                announced_at = time.perf_counter()
+                announce(store, versions[1], previous=read_pointer(store))
+            invocation = fake.submit({"customer_id": keys[n % len(keys)]})
+            runs.append((invocation, invocation.result(60)["snapshot"]["version"]))
+        registered = fake.extensions
+    served = [n for n, (_, version) in enumerate(runs) if version == versions[1]]
+    if not served:
+        raise RuntimeError(f"{mode}: the new version was never served")
+    first = runs[served[0]][0]
+    return {
+        "extension_registered": bool(registered),
+        "steady": _window([i for i, _ in runs[:half]]),
+        "change": _window([i for i, _ in runs[half:]]),
+        "invocations_until_new_version": served[0] - half,
+        "seconds_until_new_version": round(first.responded_at - announced_at, 3),
+    }
+
+
+def run_refresh_latency(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
+    """Publish two ``--rows`` versions, then run each refresh mode through a stand-in Lambda."""
+    with tempfile.TemporaryDirectory(prefix="bench-refresh-") as tmp:
+        bar.set_description(f"refresh latency {args.rows:,} rows: publish 2 versions")
+        root = Path(tmp) / "snapshots"
+        versions = publish_versions(root, args.rows, 2)
+        table = pq.read_table(root / snapshot_key(versions[0], DATA_NAME), columns=[KEY])
+        keys = _probe_keys(table, args.invocations + REFRESH_LATENCY_WARMUP, seed=args.rows)
+        del table
+        bar.update()
+        modes = {}
+        for mode in REFRESH_LATENCY_MODES:
+            bar.set_description(f"refresh latency {args.rows:,} rows: {mode}")
+            modes[mode] = measure_refresh_latency(root, versions, keys, mode, args.invocations)
+            bar.update()
+    return {
+        "rows": args.rows,
+        "invocations": args.invocations,
+        "ttl_seconds": REFRESH_LATENCY_TTL_SECONDS,
+        "modes": modes,
+    }
+
+
+def _refresh_latency_lines(figures: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Refresh latency: invocations while a new version arrives",
+        "",
+        f"{figures['invocations']:,} direct invocations, one after the other, through the real "
+        "runtime client (`awslambdaric`) and tests/lambda_runtime_fake.py (Runtime and "
+        "Extensions APIs; the process frozen between invocations); a "
+        f"{figures['rows']:,}-row file:// snapshot, `REFRESH_TTL_SECONDS="
+        f"{figures['ttl_seconds']}`; the second version announced after half of them. "
+        "*Response*: from the event reaching the runtime to its response, what Lambda adds "
+        "nothing to. *Caller*: from submission, so also the wait for the environment while "
+        "the previous invocation's after-response work runs (on Lambda a concurrent caller "
+        "would be given another environment instead).",
+        "",
+        "| mode | window | response p50 / p99 / p99.9 / max ms | caller p99 / max ms "
+        "| longest after-response work ms |",
+        "|---|---|---|---|---:|",
+    ]
+    for mode, fig in figures["modes"].items():
+        for window in ("steady", "change"):
+            w = fig[window]
+            r, c = w["response"], w["caller"]
+            lines.append(
+                f"| {mode} | {window} | {r['p50_ms']} / {r['p99_ms']} / {r['p999_ms']} / "
+                f"{r['max_ms']} | {c['p99_ms']} / {c['max_ms']} | {w['after_response_max_ms']} |"
+            )
+    lines.append("")
+    for mode, fig in figures["modes"].items():
+        lines.append(
+            f"- {mode}: the new version served {fig['seconds_until_new_version']} s "
+            f"({fig['invocations_until_new_version']} invocations) after the announcement; "
+            f"extension registered: {'yes' if fig['extension_registered'] else 'no'}."
+        )
+    return [*lines, ""]
+
 def run_size(size: int, args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
     import boto3
 
@@ -1192,6 +1333,8 @@ def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
         lines += _blackhole_lines(results["blackhole"])
     if "rollback" in results:
         lines += _rollback_lines(results["rollback"])
+    if "refresh_latency" in results:
+        lines += _refresh_latency_lines(results["refresh_latency"])
     path.write_text("\n".join(lines))
 
 
@@ -1290,6 +1433,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="seconds from `snapshotctl rollback` to a lookup serving the old version (--rows)",
     )
+    parser.add_argument(
+        "--refresh-latency",
+        action="store_true",
+        help="invocation times through a stand-in Lambda while a new version arrives (--rows)",
+    )
+    parser.add_argument(
+        "--invocations", type=int, default=2000, help="invocations per refresh-latency run"
+    )
     args = parser.parse_args(argv)
     args.peers = [p for p in args.peers.split(",") if p]
     if unknown := set(args.peers) - set(PEERS):
@@ -1299,11 +1450,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown soak stores: {sorted(unknown)}")
     if args.refreshes < 1 or args.rows < 1 or args.blackhole_runs < 1:
         parser.error("--rows, --refreshes and --blackhole-runs must be at least 1")
-    args.compare = not (args.soak or args.blackhole or args.rollback)
+    args.compare = not (args.soak or args.blackhole or args.rollback or args.refresh_latency)
     if args.out is None:
         only_rollback = args.rollback and not (args.soak or args.blackhole)
         args.out = Path("bench/rollback" if only_rollback else "bench/soak")
         args.out = Path("bench") if args.compare else args.out
+        if args.refresh_latency and not (args.soak or args.blackhole or args.rollback):
+            args.out = Path("bench/refresh")
     return args
 
 
@@ -1315,6 +1468,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     steps = len(sizes) * (3 + len(args.peers))
     steps += (1 + len(args.soak_stores)) * args.soak + 2 * args.blackhole + 2 * args.rollback
+    steps += (1 + len(REFRESH_LATENCY_MODES)) * args.refresh_latency
     with MotoServer(), tqdm(total=steps, unit="step") as bar:
         for size in sizes:
             results[str(size)] = run_size(size, args, bar)
@@ -1324,6 +1478,8 @@ def main(argv: list[str] | None = None) -> int:
             results["blackhole"] = run_blackhole(args, bar)
         if args.rollback:
             results["rollback"] = run_rollback(args, bar)
+        if args.refresh_latency:
+            results["refresh_latency"] = run_refresh_latency(args, bar)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, args.out / "results.md", command.strip())
