@@ -67,11 +67,13 @@ class HttpExtensionsApi:
     Follows the "Lambda Extensions API" reference: ``POST /2020-01-01/extension/register``
     with the ``Lambda-Extension-Name`` header answers a ``Lambda-Extension-Identifier``, which
     every ``GET /2020-01-01/extension/event/next`` then carries. ``next`` blocks until the next
-    event, however long the environment stays frozen, so it has no timeout.
+    event, however long the environment stays frozen, so it has no timeout. One keep-alive
+    connection serves every call; one that breaks is opened again by the next call.
     """
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self._connection: Any = None  # http.client.HTTPConnection, imported on first use
 
     def register(self, name: str, events: list[str]) -> str:
         """Register ``name`` for ``events``; returns the extension's identifier."""
@@ -105,6 +107,12 @@ class HttpExtensionsApi:
             raise ExtensionError("event/next answered JSON that is not an object")
         return event
 
+    def close(self) -> None:
+        """Close the connection (the next call opens another)."""
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = None
+
     def _call(
         self,
         method: str,
@@ -116,16 +124,21 @@ class HttpExtensionsApi:
     ) -> tuple[int, dict[str, str], bytes]:
         import http.client  # only a Lambda environment with extensions pays for it
 
-        connection = http.client.HTTPConnection(self.address, timeout=timeout)
+        if self._connection is None:
+            self._connection = http.client.HTTPConnection(self.address)
+        self._connection.timeout = timeout  # applies to the socket it opens next
+        if self._connection.sock is not None:
+            self._connection.sock.settimeout(timeout)
         try:
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
+            self._connection.request(method, path, body=body, headers=headers)
+            response = self._connection.getresponse()
             data = response.read()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
         except (OSError, http.client.HTTPException) as exc:
+            self.close()
             raise ExtensionError(f"{method} {path} failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            connection.close()
+        if response.will_close:
+            self.close()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
 
 def _error_text(body: bytes) -> str:
