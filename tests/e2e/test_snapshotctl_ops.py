@@ -43,6 +43,10 @@ def operator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOGNAME", OPERATOR)
 
 
+# What differs by store is covered on both; the rest runs on file:// only.
+FILE_ONLY = pytest.mark.parametrize("root", ["file"], indirect=True)
+
+
 @pytest.fixture(params=["file", "moto_server"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "file":
@@ -117,6 +121,7 @@ def test_status_prints_the_current_version_pin_and_kept_versions(
     assert table[1].endswith("current") and table[2].endswith("previous")
 
 
+@FILE_ONLY
 def test_status_json_shape(
     root: ObjectStore, versions: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -133,6 +138,7 @@ def test_status_json_shape(
     }  # fmt: skip
 
 
+@FILE_ONLY
 def test_diff_prints_counts_and_example_keys_to_the_terminal_only(
     root: ObjectStore,
     versions: list[str],
