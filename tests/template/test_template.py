@@ -118,7 +118,9 @@ def test_no_role_grants_a_wildcard_resource(output: dict[str, Any]) -> None:
                 assert not str(_sub_text(resource)).endswith(":::*"), f"{name}: {statement}"
 
 
-def test_builder_writes_only_staging_results_snapshots_and_pointer(output: dict[str, Any]) -> None:
+def test_builder_writes_only_staging_results_snapshots_pointer_and_records(
+    output: dict[str, Any],
+) -> None:
     statements = _statements(output["Resources"]["BuilderFunctionRole"])
     writable = {
         _sub_text(r)
@@ -130,6 +132,7 @@ def test_builder_writes_only_staging_results_snapshots_and_pointer(output: dict[
     assert writable == {
         f"{root}/staging/*",
         f"{root}/athena-results/*",
+        f"{root}/builds/*",
         SNAPSHOTS,
         POINTER,
     }
