@@ -47,14 +47,26 @@ test: lint
 clean:
 	rm -rf $(DATA) .pytest_cache
 
-# `sam build` runs these (BuildMethod: makefile) with ARTIFACTS_DIR set; both functions share
-# one package. `make package` builds it locally and reports its size against the 250 MB limit.
-build-LookupFunction build-BuilderFunction:
-	$(PYTHON) scripts/package.py --out "$(ARTIFACTS_DIR)" --python-version $(PYTHON_VERSION)
+# `sam build` runs these (BuildMethod: makefile) with ARTIFACTS_DIR set: each function gets its
+# own package, with only what its process loads (scripts/package.py). Only what the script
+# writes to ARTIFACTS_DIR ships. samconfig.toml builds in source: otherwise SAM first copies the
+# whole CodeUri (".": .venv, .data, tests, bench) to a scratch folder, leaving out only .git and
+# .aws-sam, before it runs make there. `make package` builds both locally, import-tests them and
+# reports their sizes (unzipped, against the 250 MB limit, and zipped).
+build-LookupFunction:
+	$(PYTHON) scripts/package.py --function lookup --out "$(ARTIFACTS_DIR)" \
+		--python-version $(PYTHON_VERSION)
+
+build-BuilderFunction:
+	$(PYTHON) scripts/package.py --function builder --out "$(ARTIFACTS_DIR)" \
+		--python-version $(PYTHON_VERSION)
 
 package: $(STAMP)
-	rm -rf build/lambda
-	$(PY) scripts/package.py --out build/lambda --check --python-version $(PYTHON_VERSION)
+	rm -rf build/lookup build/builder
+	$(PY) scripts/package.py --function lookup --out build/lookup --check --zip \
+		--python-version $(PYTHON_VERSION)
+	$(PY) scripts/package.py --function builder --out build/builder --check --zip \
+		--python-version $(PYTHON_VERSION)
 
 # The benchmark: ours beside its peers, 100k and 1M rows; writes bench/results.* and plots.
 bench: $(STAMP)

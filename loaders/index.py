@@ -25,7 +25,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from loaders.errors import SnapshotInvalidError
 
@@ -333,6 +332,8 @@ def _key_array(keys: pa.Array) -> np.ndarray:
         raise SnapshotInvalidError(f"key column has {keys.null_count} nulls")
     if len(keys) == 0:
         return np.empty(0, dtype="S1")
+    import pyarrow.compute as pc  # on the first load, not at import (issue 10: cold start)
+
     width = max(1, pc.max(pc.binary_length(keys)).as_py())
     fixed = _fixed_width(keys) if pa.types.is_string(keys.type) else None
     if fixed is not None:
@@ -354,6 +355,8 @@ def _fixed_width(array: pa.Array) -> np.ndarray | None:
     """A zero-copy fixed-width numpy view of a string array whose values all have one length."""
     if len(array) == 0:
         return None
+    import pyarrow.compute as pc
+
     lengths = pc.min_max(pc.binary_length(array)).as_py()
     if lengths["min"] != lengths["max"] or not lengths["max"]:
         return None
@@ -533,6 +536,8 @@ def _check_range(array: pa.Array) -> None:
     """
     kind = array.type
     if _is_ticks(kind):
+        import pyarrow.compute as pc
+
         extremes = pc.min_max(array.view(_tick_type(kind))).as_py()
         render = _renderer(kind)
         for tick in (extremes["min"], extremes["max"]):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loaders.errors import SnapshotInvalidError
@@ -29,11 +28,11 @@ from loaders.manifest import (
     read_pointer,
     snapshot_key,
 )
-from loaders.readback import ReadBack, read_back
 
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from loaders.readback import ReadBack
     from loaders.store import ObjectStore
 
 MAX_EXAMPLES = 20
@@ -80,6 +79,8 @@ def check_keys(table: pa.Table, key_column: str) -> None:
     nulls = keys.null_count
     if nulls:
         problems.append(f"{nulls} null keys")
+    import pyarrow.compute as pc  # the builder's checks: a reader never imports it for them
+
     keys = keys.drop_null()
     empty = pc.equal(pc.utf8_length(keys), 0)
     if (n_empty := pc.sum(empty).as_py() or 0) > 0:
@@ -114,6 +115,8 @@ def columns_of(schema: pa.Schema) -> tuple[Column, ...]:
 
 
 def _compact(table: pa.Table, key_column: str) -> pa.Table:
+    import pyarrow.compute as pc
+
     rows = max(table.num_rows, 1)
     for i, name in enumerate(table.column_names):
         column = table.column(i)
@@ -236,6 +239,8 @@ def write_snapshot(
         If the keys fail a check, a column has a type a reader cannot serve, or the read-back
         fails; the message names the column and its type.
     """
+    from loaders.readback import read_back  # the builder's: a child Python, kept off the reader
+
     check_keys(table, key_column)
     check_columns(table.schema)
     body = encode_table(table, key_column)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -439,16 +440,31 @@ class StorageBudget:
 
 
 def make_s3_client(budget: StorageBudget) -> S3Client:
-    """A boto3 S3 client bound by ``budget``, in standard retry mode (jittered backoff).
+    """An S3 client bound by ``budget``, in standard retry mode (jittered backoff).
 
-    Its endpoint comes from the environment (``AWS_ENDPOINT_URL_S3``) when one is set.
+    A botocore client on a new session: region, credentials and the endpoint (from
+    ``AWS_ENDPOINT_URL_S3`` when one is set) are resolved afresh, as a SnapStart restore needs.
+    Not boto3's: its resource and transfer layers are imports and set-up no caller here uses
+    (about a quarter of a second of a reader's cold start). Sessions share one model loader, so
+    only the first client reads the service models.
     """
-    import boto3
     from botocore.config import Config
+    from botocore.session import get_session
 
+    session = get_session()
+    loader = _model_loader(session.get_config_variable("data_path"))
+    session.register_component("data_loader", loader)
     config = Config(
         connect_timeout=budget.connect_timeout_seconds,
         read_timeout=budget.read_timeout_seconds,
         retries={"mode": "standard", "total_max_attempts": budget.max_attempts},
     )
-    return boto3.client("s3", config=config)
+    return session.create_client("s3", config=config)
+
+
+@functools.cache
+def _model_loader(data_path: str | None) -> Any:
+    """botocore's loader of service models (it caches what it reads), one per data path."""
+    from botocore.loaders import create_loader
+
+    return create_loader(data_path)

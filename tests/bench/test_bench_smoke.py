@@ -14,6 +14,8 @@ FIGURES = {"build_s", "rss_mb", "lookup_p50_us", "lookup_p99_us", "batch100_us"}
 OURS_ONLY = {
     "arrow_nbytes_mb",
     "handler_p50_us",
+    "minimal_handler_p50_us",
+    "handler_ratio",
     "http_rps",
     "http_p50_ms",
     "http_p99_ms",
@@ -94,3 +96,28 @@ def test_soak_writes_memory_figures_for_each_store(tmp_path: Path) -> None:
     assert "## Soak: 3,000 customers, 2 refreshes" in text
     assert "| s3 | refresh 2 |" in text
     assert (tmp_path / "soak.png").read_bytes()[:8] == PNG
+
+
+def test_coldstart_measures_the_lookup_package(tmp_path: Path) -> None:
+    package = tmp_path / "lookup"
+    build = subprocess.run(
+        [sys.executable, "scripts/package.py", "--function", "lookup", "--out", str(package),
+         "--check"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+
+    args = ("--coldstart", "--package", str(package), "--rows", "2000", "--runs", "2")
+    results = _bench(tmp_path / "out", *args, "--ready-runs", "1")
+
+    assert set(results) == {"coldstart"}  # a cold-start run leaves the comparison out
+    figures = results["coldstart"]
+    assert figures["imports"]["lookup_statement"] == "import service.handler, botocore.session"
+    assert figures["imports"]["floor_ms"] > 0
+    assert figures["imports"]["ratio"] > 0
+    assert figures["client"]["boto3_ms"] > 0
+    assert figures["client"]["botocore_ms"] > 0
+    assert figures["ready"]["file_s"] > 0
+    assert figures["ready"]["s3_s"] > 0
+    assert figures["packages"]["given"]["unzipped_mb"] > 0
+    assert "## Cold start, from the lookup package" in (tmp_path / "out" / "results.md").read_text()
