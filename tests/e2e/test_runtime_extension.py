@@ -142,22 +142,24 @@ def test_reload_runs_after_the_response_and_the_next_invocation_serves_the_new_v
         assert following.dispatched_at >= made_due.released_at
 
 
-def test_requests_never_read_the_pointer_while_the_extension_runs(
-    store: FileStore, log_path: Path
-) -> None:
+def test_a_held_reload_never_holds_a_response(store: FileStore, log_path: Path) -> None:
     v1 = publish(store, customers(V1_IDS))
-    with lambda_environment(_env(store, REFRESH_TTL_SECONDS="0"), log_path=log_path) as fake:
+    # A check started by the request would hold it up to REFRESH_WAIT_SECONDS: 60 s here, far
+    # past the 10 s this test gives each response while the reload is held.
+    env = _env(store, REFRESH_TTL_SECONDS="0", REFRESH_WAIT_SECONDS="60")
+    with lambda_environment(env, log_path=log_path) as fake:
         _initialized(fake)
         fake.invoke({"customer_id": KEY}, WAIT_SECONDS)
         v2 = publish(store, customers(V2_IDS))
         held = HeldData(store, v2)
 
-        # If the request started the check, it would wait on the pipe (up to the refresh
-        # wait) or answer v2; it answers v1 while the pipe is still unread.
-        answer = fake.invoke({"customer_id": KEY}, WAIT_SECONDS)
-        assert _version(answer) == v1
+        answered = [fake.submit({"customer_id": KEY}).result(10)]
         assert held.reader_waiting.wait(WAIT_SECONDS)
+        later = fake.submit({"customer_id": KEY})
         held.release()
+        answered.append(later.result(WAIT_SECONDS))
+
+        assert [_version(a) for a in answered] == [v1, v2]
 
 
 # --- fallbacks: no extension ---------------------------------------------------------------
