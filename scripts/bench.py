@@ -50,7 +50,9 @@ library: the imports of the lookup function against the floor of what it must lo
 (numpy, pyarrow, pyarrow.parquet, botocore.session), alternating, and their ratio; S3 client
 creation with boto3 and with botocore (``make_s3_client``); and the time from process start to
 ready (module imported as Lambda's init does, snapshot of ``--rows`` loaded) from file:// and
-from S3 on the moto server. Package sizes, unzipped and zipped, for both functions.
+from S3 on the moto server. Package sizes, unzipped and zipped, for both functions. With
+``--baseline DIR`` (say, the package before issue 10) its imports and ready times are measured
+in the same runs, alternating with the package's.
 
 Writes ``<out>/results.json`` (size -> system -> figure, plus ``soak`` -> store -> figure,
 ``blackhole`` -> warm/cold -> figure and ``rollback`` -> figure), ``<out>/results.md`` and PNG
@@ -1059,24 +1061,32 @@ def _seconds(code: str, *args: str, env: dict[str, str] | None = None) -> float:
     return float(run.stdout.strip().splitlines()[-1])
 
 
-def _import_figures(package: Path, runs: int) -> dict[str, Any]:
-    """Medians over ``runs`` fresh interpreters each, floor and lookup alternating."""
-    statements = {"floor": IMPORT_FLOOR, "lookup": _lookup_imports(package)}
-    samples: dict[str, list[float]] = {name: [] for name in statements}
-    for n in range(runs):
-        order = list(statements) if n % 2 else list(statements)[::-1]
-        for name in order:
-            samples[name].append(_seconds(_TIMED_IMPORT, str(package), statements[name]))
-    floor, lookup = (statistics.median(samples[name]) for name in ("floor", "lookup"))
-    return {
-        "floor_statement": statements["floor"],
-        "lookup_statement": statements["lookup"],
-        "floor_ms": round(floor * 1000, 1),
-        "lookup_ms": round(lookup * 1000, 1),
-        "ratio": round(lookup / floor, 3),
-        "goal_ratio": IMPORT_GOAL_RATIO,
-        "runs": runs,
+def _import_figures(packages: dict[str, Path], runs: int) -> dict[str, dict[str, Any]]:
+    """For each package, its floor and its lookup imports: medians over ``runs`` fresh
+    interpreters each, every statement of every package in one loop (order alternating)."""
+    statements = {
+        (name, what): (package, statement)
+        for name, package in packages.items()
+        for what, statement in (("floor", IMPORT_FLOOR), ("lookup", _lookup_imports(package)))
     }
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in statements}
+    for n in range(runs):
+        for key in list(statements) if n % 2 else list(statements)[::-1]:
+            package, statement = statements[key]
+            samples[key].append(_seconds(_TIMED_IMPORT, str(package), statement))
+    figures = {}
+    for name in packages:
+        floor, lookup = (statistics.median(samples[name, what]) for what in ("floor", "lookup"))
+        figures[name] = {
+            "floor_statement": statements[name, "floor"][1],
+            "lookup_statement": statements[name, "lookup"][1],
+            "floor_ms": round(floor * 1000, 1),
+            "lookup_ms": round(lookup * 1000, 1),
+            "ratio": round(lookup / floor, 3),
+            "goal_ratio": IMPORT_GOAL_RATIO,
+            "runs": runs,
+        }
+    return figures
 
 
 def _client_figures(runs: int) -> dict[str, Any]:
@@ -1116,6 +1126,36 @@ def _ready_seconds(package: Path, uri: str) -> float:
     return answer["at"] - start
 
 
+def _ready_figures(
+    packages: dict[str, Path], uris: dict[str, str], runs: int
+) -> dict[str, dict[str, Any]]:
+    """For each package, the median ready time from each store, packages alternating."""
+    samples: dict[tuple[str, str], list[float]] = {
+        (name, store): [] for name in packages for store in uris
+    }
+    for n in range(runs):
+        for store, uri in uris.items():
+            for name in list(packages) if n % 2 else list(packages)[::-1]:
+                samples[name, store].append(_ready_seconds(packages[name], uri))
+    return {
+        name: {
+            "runs": runs,
+            **{f"{store}_s": round(statistics.median(samples[name, store]), 3) for store in uris},
+        }
+        for name in packages
+    }
+
+
+def _given_sizes(package: Path) -> dict[str, Any]:
+    from scripts import package as packaging
+
+    return {
+        "path": str(package),
+        "unzipped_mb": round(packaging._size_mb(package), 1),
+        "zipped_mb": round(packaging.zipped_mb(package), 1),
+    }
+
+
 def _package_sizes(out: Path) -> dict[str, dict[str, float]]:
     """Build both functions' packages under ``out``; their sizes in MB."""
     from scripts import package as packaging
@@ -1129,10 +1169,9 @@ def _package_sizes(out: Path) -> dict[str, dict[str, float]]:
 
 
 def run_coldstart(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
-    """Imports, client creation and ready time of the lookup function, from its package."""
+    """Imports, client creation and ready time of the lookup function, from its package, and
+    beside it (same runs, alternating) those of a ``--baseline`` package when one is given."""
     import boto3
-
-    from scripts import package as packaging
 
     with tempfile.TemporaryDirectory(prefix="bench-coldstart-") as tmp:
         figures: dict[str, Any] = {"rows": args.rows}
@@ -1142,16 +1181,15 @@ def run_coldstart(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
             package = Path(tmp) / "packages" / "lookup"
         else:
             package = args.package.resolve()
-            figures["packages"] = {
-                "given": {
-                    "path": str(package),
-                    "unzipped_mb": round(packaging._size_mb(package), 1),
-                    "zipped_mb": round(packaging.zipped_mb(package), 1),
-                }
-            }
+            figures["packages"] = {"given": _given_sizes(package)}
+        packages = {"lookup": package}
+        if args.baseline is not None:
+            packages["baseline"] = args.baseline.resolve()
+            figures["packages"]["baseline"] = _given_sizes(packages["baseline"])
         bar.update()
         bar.set_description(f"cold start: imports and client, {args.runs} runs each")
-        figures["imports"] = _import_figures(package, args.runs)
+        imports = _import_figures(packages, args.runs)
+        figures["imports"] = imports["lookup"]
         figures["client"] = _client_figures(args.runs)
         bar.set_description(f"cold start: ready at {args.rows:,} rows")
         root = Path(tmp) / "snapshots"
@@ -1161,10 +1199,10 @@ def run_coldstart(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
             "file": root.as_uri(),
             "s3": _upload(boto3.client("s3"), root, f"{PREFIX}-coldstart-{args.rows}"),
         }
-        figures["ready"] = {"runs": args.ready_runs}
-        for store, uri in uris.items():
-            samples = [_ready_seconds(package, uri) for _ in range(args.ready_runs)]
-            figures["ready"][f"{store}_s"] = round(statistics.median(samples), 3)
+        ready = _ready_figures(packages, uris, args.ready_runs)
+        figures["ready"] = ready["lookup"]
+        if args.baseline is not None:
+            figures["baseline"] = {"imports": imports["baseline"], "ready": ready["baseline"]}
         bar.update()
     return figures
 
@@ -1193,6 +1231,16 @@ def _coldstart_lines(figures: dict[str, Any]) -> list[str]:
             f"| package {name}: unzipped / zipped MB | {sizes['unzipped_mb']} / "
             f"{sizes['zipped_mb']} |"
         )
+    if "baseline" in figures:
+        base_imports, base_ready = figures["baseline"]["imports"], figures["baseline"]["ready"]
+        lines += [
+            f"| baseline imports: floor ms | {base_imports['floor_ms']} |",
+            f"| baseline imports: lookup (`{base_imports['lookup_statement']}`) ms "
+            f"| {base_imports['lookup_ms']} |",
+            f"| baseline imports: lookup / floor | {base_imports['ratio']} |",
+            f"| baseline ready, file:// s | {base_ready['file_s']} |",
+            f"| baseline ready, S3 (moto) s | {base_ready['s3_s']} |",
+        ]
     return [*lines, ""]
 
 
@@ -1728,6 +1776,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--package", type=Path, help="with --coldstart: measure this package instead of building"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="with --coldstart: also measure this package, alternating"
     )
     parser.add_argument("--runs", type=int, default=15, help="--coldstart: runs of each import")
     parser.add_argument("--ready-runs", type=int, default=5, help="--coldstart: runs of init")
