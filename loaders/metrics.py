@@ -12,7 +12,7 @@ import enum
 import sys
 import threading
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -129,6 +129,7 @@ class MetricsRecorder:
         self._lock = threading.Lock()
         self._counts: defaultdict[Metric, float] = defaultdict(float)
         self._samples: defaultdict[Metric, list[float]] = defaultdict(list)
+        self._provider: Any = None  # Powertools' EMF provider, built on the first flush
 
     def count(self, metric: Metric, value: float = 1) -> None:
         """Add ``value`` to a counter (summed into one datum per flush)."""
@@ -166,7 +167,13 @@ class MetricsRecorder:
             AmazonCloudWatchEMFProvider,
         )
 
-        provider = AmazonCloudWatchEMFProvider(namespace=self.namespace, service=self.service)
+        # One provider per recorder: building it (unit and resolution tables) is a third of
+        # a flush, and a flush runs on every invocation.
+        provider = self._provider
+        if provider is None:
+            provider = self._provider = AmazonCloudWatchEMFProvider(
+                namespace=self.namespace, service=self.service
+            )
         for metric, value in counts.items():
             provider.add_metric(name=metric.value, unit=UNITS.get(metric, "Count"), value=value)
         for metric, values in samples.items():
