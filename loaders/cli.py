@@ -57,6 +57,8 @@ from loaders.ops_status import OperatorError, is_permission_denied
 from loaders.settings import BuildConfigError, BuildSettings, storage_from_env
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from loaders.manifest import Pin
     from loaders.ops_pointer import PointerChange
     from loaders.records import BuildRecord
@@ -384,9 +386,10 @@ def _print_change(change: PointerChange, as_json: bool) -> None:
         print("readers follow on their next pointer check (REFRESH_TTL_SECONDS)")
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
+def _hold(args: argparse.Namespace, operation: Callable[..., Any]) -> int:
+    """Run ``rollback`` or ``pin``: both verify, move CURRENT by CAS and pin it, as this user."""
     with BarProgress(quiet=args.quiet) as bar:
-        change = ops_pointer.rollback(
+        change = operation(
             _store(args),
             args.version,
             by=_operator(),
@@ -396,20 +399,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         )
     _print_change(change, args.json)
     return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    return _hold(args, ops_pointer.rollback)
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    with BarProgress(quiet=args.quiet) as bar:
-        change = ops_pointer.pin(
-            _store(args),
-            args.version,
-            by=_operator(),
-            at=datetime.now(UTC).replace(microsecond=0),
-            reason=args.reason,
-            progress=bar,
-        )
-    _print_change(change, args.json)
-    return 0
+    return _hold(args, ops_pointer.pin)
 
 
 def cmd_unpin(args: argparse.Namespace) -> int:

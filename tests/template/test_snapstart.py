@@ -16,18 +16,6 @@ ALIAS_REF = {"Ref": ALIAS}
 UNQUALIFIED_SUBS = ("${LookupFunction}", "${LookupFunction.Arn}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _region() -> Any:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        yield
-
-
-@pytest.fixture(scope="module")
-def output() -> dict[str, Any]:
-    return _transformed()
-
-
 def _of_type(output: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in output["Resources"].items() if v["Type"] == kind}
 
