@@ -39,9 +39,6 @@ MAX_EXAMPLES = 20
 # String columns with at most this share of distinct values are stored dictionary-encoded, so
 # readers get compact dictionary arrays back without re-hashing (segment, region, tier, ...).
 DICTIONARY_MAX_RATIO = 0.05
-# Data pages end at whichever comes first (see encode_table).
-PAGE_ROWS = 1 << 17
-PAGE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,20 +179,14 @@ def encode_table(table: pa.Table, key_column: str) -> bytes:
     compacted = _required(_compact(table, key_column))
     sink = pa.BufferOutputStream()
     try:
-        # Laid out for the reader's load (scripts/bench.py --load):
-        # - one row group, however many rows: every column, dictionary columns included, then
-        #   decodes into a single chunk that the index uses as it is. In 1M-row row groups each
-        #   dictionary column came back as a chunk per row group, each with its own dictionary,
-        #   and a 10M-row load paid ~0.15 s to combine them;
-        # - pages of up to 128Ki rows (not 20,000): zstd makes a fresh context for each page
-        #   it decompresses, 5% of decode time with small pages.
+        # One row group, however many rows: every column, dictionary columns included, then
+        # decodes into a single chunk that the index uses as it is. In 1M-row row groups each
+        # dictionary column came back as a chunk per row group, each with its own dictionary,
+        # and a 10M-row load paid ~0.15 s to combine them. Pages keep pyarrow's 20,000 rows:
+        # larger ones saved zstd contexts but not decode time, and the reader's page buffers
+        # come from Arrow's C++ default pool (mimalloc), which kept about one page per thread.
         pq.write_table(
-            compacted,
-            sink,
-            compression="zstd",
-            row_group_size=max(compacted.num_rows, 1),
-            max_rows_per_page=PAGE_ROWS,
-            data_page_size=PAGE_BYTES,
+            compacted, sink, compression="zstd", row_group_size=max(compacted.num_rows, 1)
         )
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise SnapshotInvalidError(f"cannot encode the table as Parquet: {exc}") from exc
