@@ -42,7 +42,7 @@ from service.errors import (
     internal_error_body,
     to_response,
 )
-from service.memory import pin_mmap_threshold
+from service.memory import lookup_memory_pool, pin_mmap_threshold
 from service.refresher import start_refresher, wrap_handler
 from service.settings import Settings, in_lambda
 from service.snapstart import register_restore_hook
@@ -52,10 +52,10 @@ if TYPE_CHECKING:
 
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
-# The snapshot lives long in a small process. With glibc malloc, Arrow hands decode buffers
-# back; the default mimalloc kept them (about 1.5x nbytes), and loads were no faster. With the
-# mmap threshold pinned, RSS stays flat across refreshes (scripts/bench.py --soak, 1M rows).
-pa.set_memory_pool(pa.system_memory_pool())
+# The snapshot lives long in a small process: a pool that decodes fast and hands freed pages
+# back (see lookup_memory_pool). With the mmap threshold pinned, RSS stays flat across
+# refreshes (scripts/bench.py --soak, 1M rows).
+pa.set_memory_pool(lookup_memory_pool())
 pin_mmap_threshold()
 
 logger = Logger(service="customer-lookup")

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.memory import lookup_memory_pool
+
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {"build_s", "rss_mb", "lookup_p50_us", "lookup_p99_us", "batch100_us"}
 OURS_ONLY = {
@@ -83,8 +85,8 @@ def test_soak_writes_memory_figures_for_each_store(tmp_path: Path) -> None:
         assert set(figures) >= SOAK_FIGURES, store
         assert figures["store"] == store
         assert figures["rows"] == 3000
-        # Built the way Lambda builds it: service.handler set the system pool.
-        assert figures["memory_pool"] == "system"
+        # Built the way Lambda builds it: service.handler set the lookup pool.
+        assert figures["memory_pool"] == lookup_memory_pool().backend_name
         refreshes = figures["refreshes"]
         assert len(refreshes) == 2
         assert len({r["version"] for r in refreshes}) == 2  # each refresh loaded a new version
