@@ -54,6 +54,21 @@ from S3 on the moto server. Package sizes, unzipped and zipped, for both functio
 ``--baseline DIR`` (say, the package before issue 10) its imports and ready times are measured
 in the same runs, alternating with the package's.
 
+``--load`` (default ``--out`` ``bench/load``) measures one cold load, part by part (sha256,
+Parquet decode, key index; download excluded; wall and CPU seconds), RSS after it against Arrow
+nbytes, and the refresh spike (``cache.refresh()`` to a new version on file://, ``--refreshes``
+of them, the previous version in memory), at each of ``--load-sizes`` rows, for the snapshot
+layout ``encode_table`` writes (``new``) beside the one it wrote before issue 10 (``old``: 1M-row
+row groups, every column nullable), and for each of ``--pools`` (``handler``: whatever
+``service.handler`` sets). Every figure is the median of ``--load-runs`` fresh interpreters
+without pandas, run interleaved. The snapshots are made once and kept under ``--load-cache``
+(``.data/bench-load``)::
+
+    python scripts/bench.py --load [--load-sizes 1000000,10000000] [--load-runs 5]
+        [--layouts old,new]
+        [--pools handler,system,mimalloc,jemalloc-decay0,jemalloc-decay1000]
+        [--refreshes 5]
+
 Writes ``<out>/results.json`` (size -> system -> figure, plus ``soak`` -> store -> figure,
 ``blackhole`` -> warm/cold -> figure and ``rollback`` -> figure), ``<out>/results.md`` and PNG
 plots.
@@ -854,6 +869,284 @@ def run_soak(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
             results[store] = _in_fresh_interpreter("measure_soak", job)
             bar.update()
     return results
+
+
+# --- load: decode and index, the layout before issue 10 against today's -----------------------
+
+LOAD_SIZES = "1000000,10000000"
+LOAD_LAYOUTS = ("old", "new")
+# handler: the pool service.handler sets; system and mimalloc as pyarrow makes them; jemalloc
+# with its freed pages handed back at once (decay 0) or after a second (pyarrow's Linux default;
+# set here, since importing service.handler may have set 0).
+LOAD_POOLS = ("handler", "system", "mimalloc", "jemalloc-decay0", "jemalloc-decay1000")
+LOAD_GOALS = {"load_10m_s": 1.2, "refresh_1m_s": 0.12, "rss_ratio": 1.2}
+OLD_ROW_GROUP_ROWS = 1 << 20  # what encode_table wrote before issue 10
+
+
+def _old_layout(body: bytes) -> bytes:
+    """``body`` rewritten as encode_table wrote snapshots before issue 10: the same columns
+    (dictionary ones included), all nullable, zstd, in 1M-row row groups of 20,000-row pages
+    (pyarrow's default)."""
+    sink = pa.BufferOutputStream()
+    table = pq.ParquetFile(pa.BufferReader(body)).read()
+    nullable = [field.with_nullable(True) for field in table.schema]
+    table = pa.Table.from_arrays(table.columns, schema=pa.schema(nullable, table.schema.metadata))
+    pq.write_table(table, sink, compression="zstd", row_group_size=OLD_ROW_GROUP_ROWS)
+    return sink.getvalue().to_pybytes()
+
+
+def _layout_tag(layout: str) -> str:
+    """A name for ``layout`` that changes with the writer (loaders/snapshot.py, or what it makes
+    of a small table), so that a cached snapshot of an older writer is not measured as today's."""
+    import hashlib
+    import inspect
+
+    from loaders import snapshot
+
+    if layout == "old":
+        return f"rg{OLD_ROW_GROUP_ROWS}"
+    digest = hashlib.sha256(snapshot.encode_table(make_customers(5000), KEY))
+    digest.update(inspect.getsource(snapshot).encode())
+    return digest.hexdigest()[:12]
+
+
+def load_snapshots(cache: Path, rows: int, layout: str) -> tuple[Path, list[str]]:
+    """A file:// root with two versions of the ``rows`` sample table in ``layout``, made once
+    and kept under ``cache`` (10M rows take minutes to make); its versions, oldest first."""
+    from loaders.manifest import MANIFEST_NAME
+    from loaders.snapshot import describe, encode_table
+
+    root = cache / f"{rows}-{layout}-{_layout_tag(layout)}"
+    done = root / "versions.json"
+    if done.exists():
+        return root, json.loads(done.read_text())
+    store = FileStore(root)
+    table = make_customers(rows)
+    first = datetime.now(UTC) - timedelta(minutes=5)
+    versions = []
+    for n in range(2):
+        created_at = first + timedelta(seconds=n)
+        version = new_version(created_at)
+        changed = _changed(table, n)
+        body = encode_table(changed, KEY)
+        if layout == "old":
+            body = _old_layout(body)
+        manifest = describe(changed, body, version=version, key_column=KEY, created_at=created_at)
+        store.put(snapshot_key(version, DATA_NAME), body, if_none_match="*")
+        store.put(snapshot_key(version, MANIFEST_NAME), manifest.to_json(), if_none_match="*")
+        versions.append(version)
+    announce(store, versions[0], previous=None)
+    done.write_text(json.dumps(versions))
+    return root, versions
+
+
+def _warm_up_load() -> None:
+    """Decode and index a tiny snapshot, so one-time costs (code pages, thread pools, lazy
+    imports) are paid before anything is measured."""
+    from loaders.index import KeyIndex
+    from loaders.snapshot import encode_table, parse_table
+
+    index = KeyIndex(parse_table(encode_table(make_customers(1000), KEY), what="warm-up"), KEY)
+    index.get_many([index.table.column(KEY)[0].as_py(), "X"])
+
+
+def measure_load(job: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh interpreter without pandas, set up as Lambda is (``service.handler``'s memory
+    pool, unless ``job["pool"]`` names another): one cold load of the first version, timed part
+    by part, then ``job["refreshes"]`` refreshes through the cache, alternating versions.
+
+    ``job`` holds ``root`` (a file:// snapshot root), ``versions`` (two), ``pool`` and
+    ``refreshes``.
+    """
+    import hashlib
+
+    import psutil
+
+    from loaders.index import KeyIndex
+    from loaders.manifest import read_manifest
+    from loaders.snapshot import decode_snapshot
+    from service.handler import build_service  # sets the memory pool, as in Lambda
+    from service.memory import release_unused
+    from service.settings import Settings
+
+    if job["pool"] != "handler":
+        backend, _, decay_ms = job["pool"].partition("-decay")
+        pa.set_memory_pool(getattr(pa, f"{backend}_memory_pool")())
+        if decay_ms:
+            pa.jemalloc_set_decay_ms(int(decay_ms))
+    root, versions = Path(job["root"]).resolve(), job["versions"]
+    store = FileStore(root)
+    announce(store, versions[0], previous=read_pointer(store))
+    process = psutil.Process()
+    _warm_up_load()
+    gc.collect()
+    release_unused()
+    rss_before = process.memory_info().rss
+    # The parts of one load, download excluded: sha256, Parquet decode and checks, key index.
+    manifest = read_manifest(store, versions[0])
+    body = store.read(snapshot_key(versions[0], DATA_NAME))
+    clocks = (time.perf_counter, time.process_time)
+    started = [clock() for clock in clocks]
+    hashlib.sha256(body).hexdigest()
+    hashed = [clock() for clock in clocks]
+    snapshot = decode_snapshot(manifest, body)  # verifies the sha256 again, then decodes
+    decoded = [clock() for clock in clocks]
+    index = KeyIndex(snapshot.table, KEY)
+    indexed = [clock() for clock in clocks]
+    sha256_s = hashed[0] - started[0]
+    figures: dict[str, Any] = {
+        "memory_pool": pa.default_memory_pool().backend_name,
+        "row_groups": pq.ParquetFile(pa.BufferReader(body)).metadata.num_row_groups,
+        "sha256_s": sha256_s,
+        "decode_s": decoded[0] - hashed[0] - sha256_s,
+        "index_s": indexed[0] - decoded[0],
+        "load_s": indexed[0] - hashed[0],  # decode_snapshot (sha256 included) + KeyIndex
+        "load_cpu_s": indexed[1] - hashed[1],
+        "arrow_nbytes_mb": index.table.nbytes / 1e6,
+    }
+    del body, snapshot
+    gc.collect()
+    release_unused()
+    figures["rss_growth_mb"] = (process.memory_info().rss - rss_before) / 1e6
+    figures["rss_ratio"] = figures["rss_growth_mb"] / figures["arrow_nbytes_mb"]
+    del index
+    gc.collect()
+    release_unused()
+    # The refresh spike: what the request that notices a new version waits for (pointer,
+    # manifest, data read, sha256, decode, index, swap), with the previous version in memory.
+    cache = build_service(Settings(snapshot_uri=root.as_uri())).cache
+    cache.refresh()
+    cache.wait()
+    rss_first = process.memory_info().rss
+    spikes, cpu = [], []
+    for n in range(job["refreshes"]):
+        version = versions[(n + 1) % 2]
+        announce(store, version, previous=read_pointer(store))
+        started = [clock() for clock in clocks]
+        cache.refresh()
+        cache.wait()  # a reload past the request's deadline still counts until it swaps
+        spikes.append(time.perf_counter() - started[0])
+        cpu.append(time.process_time() - started[1])  # every thread of the process
+        if cache.version != version:
+            raise RuntimeError(f"refresh served {cache.version}, not {version}")
+    figures["refresh_s"] = statistics.median(spikes)
+    figures["refresh_cpu_s"] = statistics.median(cpu)
+    figures["refresh_runs_s"] = spikes
+    figures["steady_ratio"] = process.memory_info().rss / rss_first
+    return figures
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    figures: dict[str, Any] = {"runs": len(runs), "memory_pool": runs[0]["memory_pool"]}
+    figures["row_groups"] = runs[0]["row_groups"]
+    for name in (
+        "sha256_s",
+        "decode_s",
+        "index_s",
+        "load_s",
+        "load_cpu_s",
+        "rss_growth_mb",
+        "arrow_nbytes_mb",
+        "rss_ratio",
+        "refresh_s",
+        "refresh_cpu_s",
+        "steady_ratio",
+    ):
+        values = [run[name] for run in runs]
+        digits = 1 if name.endswith("_mb") else 4
+        figures[name] = round(statistics.median(values), digits)
+        figures[f"{name}_range"] = [round(min(values), digits), round(max(values), digits)]
+    return figures
+
+
+def run_load(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
+    """For each size, layout and pool: ``--load-runs`` fresh interpreters, interleaved round
+    by round so that a busy spell on the shared machine hits every variant alike."""
+    results: dict[str, Any] = {}
+    for rows in args.load_sizes:
+        bar.set_description(f"load {rows:,} rows: snapshots")
+        roots = {layout: load_snapshots(args.load_cache, rows, layout) for layout in args.layouts}
+        bar.update()
+        variants = [(layout, pool) for layout in args.layouts for pool in args.pools]
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {v: [] for v in variants}
+        for n in range(args.load_runs):
+            for layout, pool in variants:
+                bar.set_description(f"load {rows:,} rows: {layout}/{pool} run {n + 1}")
+                root, versions = roots[layout]
+                job = {
+                    "root": str(root),
+                    "versions": versions,
+                    "pool": pool,
+                    "refreshes": args.refreshes,
+                }
+                runs[(layout, pool)].append(_in_fresh_interpreter("measure_load", job))
+                bar.update()
+        results[str(rows)] = {f"{layout}/{pool}": _medians(runs[layout, pool])
+                              for layout, pool in variants}  # fmt: skip
+    return results
+
+
+def _load_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check and split the ``--load`` options; a load run is a run of its own, as --soak is."""
+    args.load_sizes = [int(rows) for rows in args.load_sizes.split(",") if rows]
+    args.layouts = list(dict.fromkeys(x for x in args.layouts.split(",") if x))
+    args.pools = list(dict.fromkeys(x for x in args.pools.split(",") if x))
+    if unknown := (set(args.layouts) - set(LOAD_LAYOUTS)) | (set(args.pools) - set(LOAD_POOLS)):
+        parser.error(f"unknown layouts or pools: {sorted(unknown)}")
+    if args.load_runs < 1 or not args.load_sizes or min(args.load_sizes) < 1:
+        parser.error("--load-runs and --load-sizes must be at least 1")
+    if args.load:
+        args.compare = False
+        if args.out is None and not (args.soak or args.blackhole or args.rollback):
+            args.out = Path("bench/load")
+
+
+def _load_steps(args: argparse.Namespace) -> int:
+    variants = len(args.layouts) * len(args.pools)
+    return args.load * len(args.load_sizes) * (1 + args.load_runs * variants)
+
+
+def _load_lines(load: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Load: decode and index",
+        "",
+        "Each run in a fresh interpreter without pandas, set up as Lambda is (the memory pool "
+        "`service.handler` picks, unless the row names another). Medians over runs (range in "
+        "brackets), interleaved; the machine is shared, so compare rows within a run. `load` = "
+        "`decode_snapshot` (sha256 included) + `KeyIndex`, download excluded; `decode` excludes "
+        "the sha256. RSS growth is measured after the load settles, against Arrow nbytes. "
+        "`refresh` = `cache.refresh()` to a new version on file:// (pointer, manifest, read, "
+        "sha256, decode, index), the previous version in memory; steady = RSS after the last "
+        "refresh / after the first.",
+        "",
+        "| rows | layout/pool | row groups | sha256 s | decode s | index s | load s | load CPU s "
+        "| RSS MB | RSS / nbytes | refresh s | refresh CPU s | steady |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rows, variants in load.items():
+        for name, fig in variants.items():
+            load_range = "-".join(str(v) for v in fig["load_s_range"])
+            lines.append(
+                f"| {int(rows):,} | {name} | {fig['row_groups']} | {fig['sha256_s']} "
+                f"| {fig['decode_s']} | {fig['index_s']} | {fig['load_s']} ({load_range}) "
+                f"| {fig['load_cpu_s']} | {fig['rss_growth_mb']} | {fig['rss_ratio']} "
+                f"| {fig['refresh_s']} | {fig['refresh_cpu_s']} | {fig['steady_ratio']} |"
+            )
+    lines.append("")
+    for rows, variants in load.items():
+        for name, fig in variants.items():
+            checks = []
+            if int(rows) == 10_000_000:
+                met = fig["load_s"] <= LOAD_GOALS["load_10m_s"]
+                checks.append(f"load ≤ {LOAD_GOALS['load_10m_s']} s {'met' if met else 'MISSED'}")
+            if int(rows) == 1_000_000:
+                met = fig["refresh_s"] <= LOAD_GOALS["refresh_1m_s"]
+                goal = LOAD_GOALS["refresh_1m_s"]
+                checks.append(f"refresh ≤ {goal} s {'met' if met else 'MISSED'}")
+            met = fig["rss_ratio"] <= LOAD_GOALS["rss_ratio"]
+            checks.append(f"RSS ≤ {LOAD_GOALS['rss_ratio']}x nbytes {'met' if met else 'MISSED'}")
+            lines.append(f"- {int(rows):,} {name}: " + ", ".join(checks))
+    return [*lines, ""]
 
 
 # --- black hole: time to an answer when S3 stops answering -----------------------------------
@@ -1666,6 +1959,8 @@ def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
     ]
     for size in _sizes(results):
         lines += _size_lines(size, results[size])
+    if "load" in results:
+        lines += _load_lines(results["load"])
     if "soak" in results:
         lines += _soak_lines(results["soak"])
     if "blackhole" in results:
@@ -1758,6 +2053,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--peers", default=",".join(PEERS), help="comma-separated subset of " + ", ".join(PEERS)
     )
     parser.add_argument(
+        "--load", action="store_true", help="decode and index times, old layout against new"
+    )
+    parser.add_argument("--load-sizes", default=LOAD_SIZES, help="rows, comma-separated")
+    parser.add_argument("--load-runs", type=int, default=5, help="fresh interpreters per variant")
+    parser.add_argument(
+        "--layouts", default=",".join(LOAD_LAYOUTS), help="comma-separated: old, new"
+    )
+    parser.add_argument(
+        "--pools", default="handler", help="comma-separated: " + ", ".join(LOAD_POOLS)
+    )
+    parser.add_argument(
+        "--load-cache", type=Path, default=ROOT / ".data" / "bench-load",
+        help="where --load keeps the snapshots it makes",
+    )  # fmt: skip
+    parser.add_argument(
         "--soak", action="store_true", help="RSS across refreshes (instead of the comparison)"
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="soak table rows")
@@ -1809,6 +2119,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.compare = False
         if args.out is None and not (args.soak or args.blackhole or args.rollback):
             args.out = Path("bench/coldstart")
+    _load_options(parser, args)
     if args.out is None:
         only_rollback = args.rollback and not (args.soak or args.blackhole)
         args.out = Path("bench/rollback" if only_rollback else "bench/soak")
@@ -1825,12 +2136,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict[str, Any] = {}
     steps = len(sizes) * (3 + len(args.peers))
+    steps += _load_steps(args)
     steps += (1 + len(args.soak_stores)) * args.soak + 2 * args.blackhole + 2 * args.rollback
     steps += 2 * args.coldstart
     steps += (1 + len(REFRESH_LATENCY_MODES)) * args.refresh_latency
     with MotoServer(), tqdm(total=steps, unit="step") as bar:
         for size in sizes:
             results[str(size)] = run_size(size, args, bar)
+        if args.load:
+            results["load"] = run_load(args, bar)
         if args.soak:
             results["soak"] = run_soak(args, bar)
         if args.blackhole:

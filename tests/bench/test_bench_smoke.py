@@ -123,3 +123,48 @@ def test_coldstart_measures_the_lookup_package(tmp_path: Path) -> None:
     assert figures["ready"]["s3_s"] > 0
     assert figures["packages"]["given"]["unzipped_mb"] > 0
     assert "## Cold start, from the lookup package" in (tmp_path / "out" / "results.md").read_text()
+
+
+LOAD_FIGURES = {
+    "row_groups",
+    "sha256_s",
+    "decode_s",
+    "index_s",
+    "load_s",
+    "load_cpu_s",
+    "rss_growth_mb",
+    "arrow_nbytes_mb",
+    "rss_ratio",
+    "refresh_s",
+    "refresh_cpu_s",
+    "steady_ratio",
+}
+
+
+def test_load_writes_decode_and_index_figures_for_each_layout_and_pool(tmp_path: Path) -> None:
+    results = _bench(
+        tmp_path / "out",
+        "--load",
+        "--load-sizes",
+        "3000",
+        "--load-runs",
+        "1",
+        "--refreshes",
+        "2",
+        "--pools",
+        "handler,system",
+        "--load-cache",
+        str(tmp_path / "snapshots"),
+    )
+
+    assert set(results) == {"load"}  # a load run leaves the comparison out
+    variants = results["load"]["3000"]
+    assert set(variants) == {"old/handler", "old/system", "new/handler", "new/system"}
+    for name, figures in variants.items():
+        assert set(figures) >= LOAD_FIGURES, name
+        assert figures["runs"] == 1
+        assert figures["row_groups"] == 1  # 3,000 rows: one group in either layout
+        assert figures["load_s"] > 0
+    assert variants["new/system"]["memory_pool"] == "system"
+    assert variants["new/handler"]["memory_pool"] == lookup_memory_pool().backend_name
+    assert "| 3,000 | new/handler |" in (tmp_path / "out" / "results.md").read_text()
