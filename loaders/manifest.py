@@ -24,6 +24,9 @@ SNAPSHOTS_PREFIX = "snapshots"
 DATA_NAME = "data.parquet"
 MANIFEST_NAME = "manifest.json"
 CHANGES_NAME = "changes.json"
+# The tiered layout (issue 11): standalone Parquet blocks end to end, and their index.
+BLOCKS_NAME = "blocks.bin"
+BLOCK_INDEX_NAME = "blocks.arrow"
 VERSION_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 # How many earlier versions CURRENT remembers, newest first: a cold reader that rejects the
 # current version falls back to the newest of these that loads.
@@ -57,7 +60,7 @@ def new_version(now: datetime, token: str | None = None) -> str:
 
 def snapshot_key(version: str, name: str) -> str:
     """The store key of one file of one snapshot version."""
-    if name not in (DATA_NAME, MANIFEST_NAME, CHANGES_NAME):
+    if name not in (DATA_NAME, MANIFEST_NAME, CHANGES_NAME, BLOCKS_NAME, BLOCK_INDEX_NAME):
         raise ValueError(f"{name!r} is not a snapshot file name")
     return f"{SNAPSHOTS_PREFIX}/{check_version(version)}/{name}"
 
@@ -68,6 +71,46 @@ class Column:
 
     name: str
     type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Blocks:
+    """Where a tiered reader finds a snapshot's rows without reading them all.
+
+    ``blocks.bin`` holds ``count`` standalone zstd Parquet files of at most ``rows_per_block``
+    sorted rows each, end to end (``bytes`` in all); ``blocks.arrow`` (``index_bytes``, sha256
+    ``index_sha256``) gives each block's first and last key, offset, length, rows and sha256.
+    """
+
+    count: int
+    bytes: int
+    rows_per_block: int
+    index_bytes: int
+    index_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "bytes": self.bytes,
+            "rows_per_block": self.rows_per_block,
+            "index_bytes": self.index_bytes,
+            "index_sha256": self.index_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: object) -> Blocks:
+        if not isinstance(doc, dict):
+            raise TypeError(f"blocks must be an object, got {type(doc).__name__}")
+        blocks = cls(
+            count=_typed(doc, "count", int),
+            bytes=_typed(doc, "bytes", int),
+            rows_per_block=_typed(doc, "rows_per_block", int),
+            index_bytes=_typed(doc, "index_bytes", int),
+            index_sha256=_typed(doc, "index_sha256", str),
+        )
+        if min(blocks.count, blocks.bytes, blocks.rows_per_block, blocks.index_bytes) < 1:
+            raise ValueError("blocks: counts and sizes must be positive")
+        return blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +132,8 @@ class Manifest:
     published_at: datetime | None = None
     # Arrow bytes of the decoded table, as the builder read it back: what a reader will hold.
     table_bytes: int | None = None
+    # The tiered layout, when the builder wrote one (every build since issue 11 does).
+    blocks: Blocks | None = None
 
     def to_json(self) -> bytes:
         """Serialise as the public manifest document."""
@@ -104,6 +149,7 @@ class Manifest:
             "sha256": self.sha256,
             "bytes": self.bytes,
             "table_bytes": self.table_bytes,
+            "blocks": None if self.blocks is None else self.blocks.to_dict(),
             "source": self.source,
         }
         return json.dumps(doc, indent=2, sort_keys=False).encode()
@@ -135,6 +181,7 @@ class Manifest:
                 query_started_at=_optional(doc, "query_started_at", _parse_utc),
                 published_at=_optional(doc, "published_at", _parse_utc),
                 table_bytes=_optional(doc, "table_bytes", lambda v: _typed({"n": v}, "n", int)),
+                blocks=_optional(doc, "blocks", Blocks.from_dict),
             )
         except _PARSE_ERRORS as exc:
             raise SnapshotInvalidError(f"bad manifest: {exc}") from exc

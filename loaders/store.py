@@ -1,7 +1,8 @@
 """Object stores that hold snapshots: a local directory (``file://``) and S3 (``s3://``).
 
-Both speak the same small contract, modelled on S3: whole-object reads, conditional reads by ETag,
-and conditional writes (``if_none_match="*"`` to create, ``if_match=etag`` to compare-and-swap).
+Both speak the same small contract, modelled on S3: whole-object reads, ranged reads (a tiered
+reader's blocks), conditional reads by ETag, and conditional writes (``if_none_match="*"`` to
+create, ``if_match=etag`` to compare-and-swap).
 Keys are relative, ``/``-separated, and built only from constants and validated versions.
 Each store also tells its own time (:meth:`FileStore.now`, :meth:`S3Store.now`), so a builder
 can refuse to stamp a version far ahead of the clock its readers will compare it with.
@@ -58,6 +59,8 @@ class ObjectStore(Protocol):
     uri: str
 
     def read(self, key: str) -> bytes: ...
+
+    def read_range(self, key: str, start: int, length: int) -> bytes: ...
 
     def get(self, key: str, *, if_none_match: str | None = None) -> StoredObject | None: ...
 
@@ -133,6 +136,18 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"cannot read {self.uri}/{key}: {exc.strerror}") from exc
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes of one object from offset ``start``: fewer only at its end."""
+        _check_range(key, start, length)
+        try:
+            with self._path(key).open("rb") as handle:
+                handle.seek(start)
+                return handle.read(length)
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(f"{self.uri}/{key} does not exist") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.uri}/{key}: {exc.strerror}") from exc
+
     def get(self, key: str, *, if_none_match: str | None = None) -> StoredObject | None:
         body = self.read(key)
         etag = _file_etag(body)
@@ -165,6 +180,34 @@ class FileStore:
                         raise PreconditionFailedError(f"{self.uri}/{key} changed since it was read")
                 tmp.replace(path)
         return _file_etag(body)
+
+    def put_file(self, key: str, path: str | Path, *, if_none_match: str | None = None) -> str:
+        """Write a local file's bytes as one object without holding them in memory.
+
+        Only create-only (``if_none_match="*"``) or unconditional writes; the ETag returned is
+        not the content hash :meth:`put` gives (large artifacts are never compared by ETag).
+        """
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out, Path(path).open("rb") as src:
+                size = _copy(src, out)
+                out.flush()
+                os.fsync(out.fileno())
+            tmp.chmod(0o644)
+            with self._locked():
+                if if_none_match == "*":
+                    try:
+                        os.link(tmp, target)
+                    except FileExistsError as exc:
+                        raise PreconditionFailedError(f"{self.uri}/{key} already exists") from exc
+                else:
+                    tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return f'"{size}-{target.stat().st_mtime_ns}"'
 
     def list_prefixes(self, prefix: str) -> list[str]:
         base = self._path(prefix)
@@ -299,6 +342,24 @@ class S3Store:
             raise StoreError(f"{self.uri}/{key}: unexpected 304")
         return obj.body
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes of one object from offset ``start`` (one ranged GET)."""
+        _check_range(key, start, length)
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{start + length - 1}"
+            )
+            self._note_date(response)
+            return response["Body"].read()
+        except ClientError as exc:
+            self._note_date(exc.response)
+            code = _error_code(exc)
+            if code in _MISSING_CODES:
+                raise ObjectNotFoundError(f"{self.uri}/{key} does not exist ({code})") from exc
+            raise StoreError(f"cannot read {self.uri}/{key}: {code}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot read {self.uri}/{key}: {type(exc).__name__}") from exc
+
     def get(self, key: str, *, if_none_match: str | None = None) -> StoredObject | None:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
         if if_none_match is not None:
@@ -348,6 +409,11 @@ class S3Store:
         self._note_date(response)
         return response["ETag"]
 
+    def put_file(self, key: str, path: str | Path, *, if_none_match: str | None = None) -> str:
+        """Write a local file as one object (one PUT, up to 5 GB), streamed from disk."""
+        with Path(path).open("rb") as body:
+            return self.put(key, body, if_none_match=if_none_match)  # type: ignore[arg-type]
+
     def list_prefixes(self, prefix: str) -> list[str]:
         base = self._key(prefix.rstrip("/") + "/")
         names: list[str] = []
@@ -388,6 +454,19 @@ class S3Store:
             raise StoreError(f"cannot delete {self.uri}/{key}: {_error_code(exc)}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"cannot delete {self.uri}/{key}: {type(exc).__name__}") from exc
+
+
+def _check_range(key: str, start: int, length: int) -> None:
+    if start < 0 or length < 1:
+        raise ValueError(f"bad range of {key!r}: start {start}, length {length}")
+
+
+def _copy(src: Any, out: Any, chunk: int = 1 << 20) -> int:
+    size = 0
+    while block := src.read(chunk):
+        out.write(block)
+        size += len(block)
+    return size
 
 
 def _error_code(exc: ClientError) -> str:

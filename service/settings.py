@@ -33,6 +33,11 @@ DEFAULT_STORAGE = StorageBudget(
 # "auto": due pointer checks run outside requests where the platform allows (service.refresher);
 # "request": the request that finds the TTL lapsed starts the check, as before.
 REFRESH_MODES = ("auto", "request")
+SERVE_MODES = ("auto", "memory", "tiered")
+SHARE_MODES = ("auto", "on", "off")
+DEFAULT_TIERED_CACHE_MB = 128
+DEFAULT_TIERED_FETCH_WORKERS = 8
+DEFAULT_SHARE_DIR = "/tmp/snapshot-share"
 _COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -76,6 +81,23 @@ class Settings:
     max_concurrency : int or None
         ``AWS_LAMBDA_MAX_CONCURRENCY``, set by Lambda Managed Instances only (one process per
         concurrent request; the environment is never frozen between requests).
+    serve_mode : str, default "auto"
+        ``SERVE_MODE``: ``memory`` holds the whole table; ``tiered`` holds only the block index
+        and fetches 4,096-row blocks by ranged read into a bounded LRU; ``auto`` picks
+        ``tiered`` for a version whose projected memory does not fit the memory budget.
+    tiered_cache_mb : int, default 128
+        ``TIERED_CACHE_MB``: the most decoded blocks a tiered reader keeps.
+    tiered_fetch_workers : int, default 8
+        ``TIERED_FETCH_WORKERS``: the most ranged reads one tiered reader runs at once.
+    share_mode : str, default "auto"
+        ``SHARE_SNAPSHOTS``: ``on`` maps one copy of a memory-mode snapshot per machine from
+        ``share_dir``; ``auto`` does where several processes share it (Lambda Managed
+        Instances); ``off`` keeps a private copy.
+    share_dir : str, default "/tmp/snapshot-share"
+        ``SHARE_DIR``: where shared copies and their lock files live.
+    share_max_mb : int or None
+        ``SHARE_MAX_MB``: the most ``share_dir`` may hold; by default half of its file
+        system's size.
     """
 
     snapshot_uri: str
@@ -91,6 +113,19 @@ class Settings:
     refresh_mode: str = "auto"
     runtime_api: str | None = None
     max_concurrency: int | None = None
+    serve_mode: str = "auto"
+    tiered_cache_mb: int = DEFAULT_TIERED_CACHE_MB
+    tiered_fetch_workers: int = DEFAULT_TIERED_FETCH_WORKERS
+    share_mode: str = "auto"
+    share_dir: str = DEFAULT_SHARE_DIR
+    share_max_mb: int | None = None
+
+    @property
+    def shares_snapshots(self) -> bool:
+        """Whether memory-mode snapshots are mapped from one copy per machine."""
+        if self.share_mode == "auto":
+            return self.max_concurrency is not None
+        return self.share_mode == "on"
 
     @property
     def memory_budget_bytes(self) -> int | None:
@@ -149,14 +184,29 @@ class Settings:
             refresh_mode=_refresh_mode(env),
             runtime_api=(env.get("AWS_LAMBDA_RUNTIME_API") or "").strip() or None,
             max_concurrency=_max_concurrency(env),
+            serve_mode=_choice(env, "SERVE_MODE", SERVE_MODES),
+            tiered_cache_mb=int(
+                _number(env, "TIERED_CACHE_MB", DEFAULT_TIERED_CACHE_MB, 1, integer=True)
+            ),
+            tiered_fetch_workers=int(
+                _number(env, "TIERED_FETCH_WORKERS", DEFAULT_TIERED_FETCH_WORKERS, 1, integer=True)
+            ),
+            share_mode=_choice(env, "SHARE_SNAPSHOTS", SHARE_MODES),
+            share_dir=(env.get("SHARE_DIR") or "").strip() or DEFAULT_SHARE_DIR,
+            share_max_mb=int(_number(env, "SHARE_MAX_MB", 0, 0, integer=True)) or None,
         )
 
 
 def _refresh_mode(env: Mapping[str, str]) -> str:
-    mode = (env.get("REFRESH_MODE") or "").strip().lower() or REFRESH_MODES[0]
-    if mode not in REFRESH_MODES:
-        raise ConfigError(f"REFRESH_MODE: {mode!r} is not one of {', '.join(REFRESH_MODES)}")
-    return mode
+    return _choice(env, "REFRESH_MODE", REFRESH_MODES)
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first by default), case-insensitive."""
+    value = (env.get(name) or "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    return value
 
 
 def _max_concurrency(env: Mapping[str, str]) -> int | None:
