@@ -159,6 +159,11 @@ class KeyIndex:
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the table's buffers, plus the keys' padded copy where they needed one."""
+        return self.table.nbytes + (self._keys.nbytes if self._keys.flags.owndata else 0)
+
     def position(self, key: str) -> int | None:
         """The row number of ``key``, or ``None`` if it is absent."""
         raw = key.encode()
