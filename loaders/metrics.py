@@ -39,6 +39,12 @@ class Metric(enum.StrEnum):
     LOAD_ROWS = "SnapshotRows"
     LOAD_BYTES = "SnapshotBytes"
     COLD_STARTS = "ColdStarts"
+    # Tiered mode: blocks read by range, the bytes they took, reads failed, and lookups the
+    # block LRU answered.
+    BLOCK_READS = "BlockReads"
+    BLOCK_READ_BYTES = "BlockReadBytes"
+    BLOCK_READ_FAILURES = "BlockReadFailures"
+    BLOCK_CACHE_HITS = "BlockCacheHits"
     # The builder.
     BUILDS_ANNOUNCED = "BuildsAnnounced"
     BUILDS_SUPERSEDED = "BuildsSuperseded"
@@ -60,6 +66,7 @@ UNITS: dict[Metric, str] = {
     Metric.SNAPSHOT_AGE: "Seconds",
     Metric.LOAD_SECONDS: "Seconds",
     Metric.LOAD_BYTES: "Bytes",
+    Metric.BLOCK_READ_BYTES: "Bytes",
     Metric.QUERY_SECONDS: "Seconds",
     Metric.VALIDATE_SECONDS: "Seconds",
     Metric.PUBLISH_SECONDS: "Seconds",

@@ -10,15 +10,19 @@ come back from Parquet as others (``timestamp[s]`` as ``timestamp[ms]``, ``date6
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from loaders.blocks import decode_block, parse_block_index, write_blocks
 from loaders.errors import SnapshotInvalidError
 from loaders.index import unservable_part
 from loaders.manifest import (
+    BLOCK_INDEX_NAME,
+    BLOCKS_NAME,
     DATA_NAME,
     MANIFEST_NAME,
     Column,
@@ -32,6 +36,8 @@ from loaders.manifest import (
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from loaders.blocks import BlockIndex
+    from loaders.manifest import Blocks
     from loaders.readback import ReadBack
     from loaders.store import ObjectStore
 
@@ -168,7 +174,13 @@ def check_columns(schema: pa.Schema) -> None:
         raise SnapshotInvalidError("table has columns no reader can serve", problems)
 
 
-def encode_table(table: pa.Table, key_column: str) -> bytes:
+def prepare_table(table: pa.Table, key_column: str) -> pa.Table:
+    """A checked table as snapshots store it: low-cardinality strings dictionary-encoded, and
+    columns without nulls marked required."""
+    return _required(_compact(table, key_column))
+
+
+def encode_table(table: pa.Table, key_column: str, *, prepared: bool = False) -> bytes:
     """Serialise a checked table as zstd Parquet bytes.
 
     Raises
@@ -176,7 +188,7 @@ def encode_table(table: pa.Table, key_column: str) -> bytes:
     SnapshotInvalidError
         If Parquet cannot hold one of its columns.
     """
-    compacted = _required(_compact(table, key_column))
+    compacted = table if prepared else prepare_table(table, key_column)
     sink = pa.BufferOutputStream()
     try:
         # One row group, however many rows: every column, dictionary columns included, then
@@ -222,8 +234,9 @@ def describe(
     query_started_at: datetime | None = None,
     published_at: datetime | None = None,
     read: ReadBack | None = None,
+    blocks: Blocks | None = None,
 ) -> Manifest:
-    """The manifest of ``table`` encoded as ``body``.
+    """The manifest of ``table`` encoded as ``body`` (and as ``blocks``, when written).
 
     The columns are those a reader gets from ``body``: from ``read`` when the bytes were read
     back (:func:`loaders.readback.read_back`), which also gives ``table_bytes``; otherwise from
@@ -242,6 +255,7 @@ def describe(
         query_started_at=query_started_at,
         published_at=published_at,
         table_bytes=None if read is None else read.table_bytes,
+        blocks=blocks,
     )
 
 
@@ -259,9 +273,12 @@ def write_snapshot(
 ) -> Manifest:
     """Check ``table``, then write its data, any extra files, and last its manifest, create-only.
 
+    The rows are written twice: as ``data.parquet`` (what a memory-mode reader loads whole) and
+    as blocks with their index (:mod:`loaders.blocks`, what a tiered reader reads by range).
     Before anything is written, the encoded bytes are read back as a reader would, in a Python
     without pandas (:func:`loaders.readback.read_back`); the manifest gives the columns and the
-    decoded size that read found. Nothing is written when a check fails. The manifest goes last
+    decoded size that read found; the block index and some blocks are read back too. Nothing is
+    written when a check fails. The manifest goes last
     so that its presence means the snapshot is complete. The pointer is not touched: see
     :func:`loaders.manifest.announce`.
 
@@ -275,12 +292,16 @@ def write_snapshot(
 
     check_keys(table, key_column)
     check_columns(table.schema)
-    body = encode_table(table, key_column)
+    prepared = prepare_table(table, key_column)
+    body = encode_table(prepared, key_column, prepared=True)
     read = read_back(body, key_column)
     if read.row_count != table.num_rows:
         raise SnapshotInvalidError(
             f"read back {read.row_count} rows from a table of {table.num_rows}"
         )
+    blocks_sink = io.BytesIO()
+    blocks, block_index = write_blocks(prepared, key_column, blocks_sink)
+    del prepared
     manifest = describe(
         table,
         body,
@@ -291,12 +312,31 @@ def write_snapshot(
         query_started_at=query_started_at,
         published_at=published_at,
         read=read,
+        blocks=blocks,
     )
+    check_blocks(manifest, block_index, blocks_sink.getbuffer())
     store.put(snapshot_key(version, DATA_NAME), body, if_none_match="*")
+    store.put(snapshot_key(version, BLOCKS_NAME), blocks_sink.getvalue(), if_none_match="*")
+    store.put(snapshot_key(version, BLOCK_INDEX_NAME), block_index, if_none_match="*")
     for name, extra in (extra_files or {}).items():
         store.put(snapshot_key(version, name), extra, if_none_match="*")
     store.put(snapshot_key(version, MANIFEST_NAME), manifest.to_json(), if_none_match="*")
     return manifest
+
+
+def check_blocks(manifest: Manifest, index_body: bytes, blocks: memoryview | bytes) -> None:
+    """Read back a snapshot's block index, and its first, middle and last blocks, as a tiered
+    reader would.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        If the index or one of those blocks does not verify or decode.
+    """
+    index = parse_block_index(manifest, index_body)
+    for number in sorted({0, len(index) // 2, len(index) - 1}):
+        start = index.offsets[number]
+        decode_block(manifest, index, number, bytes(blocks[start : start + index.lengths[number]]))
 
 
 def decode_snapshot(manifest: Manifest, body: bytes) -> Snapshot:
@@ -366,3 +406,21 @@ class SnapshotReader:
     def read_data(self, manifest: Manifest) -> Snapshot:
         """The data ``manifest`` describes, verified against it."""
         return decode_snapshot(manifest, self.store.read(snapshot_key(manifest.version, DATA_NAME)))
+
+    def read_block_index(self, manifest: Manifest) -> BlockIndex:
+        """The block index of ``manifest``'s tiered layout, verified against it.
+
+        Raises
+        ------
+        SnapshotInvalidError
+            If the snapshot has no blocks, or its index does not verify.
+        """
+        if manifest.blocks is None:
+            raise SnapshotInvalidError(f"snapshot {manifest.version} has no blocks")
+        body = self.store.read(snapshot_key(manifest.version, BLOCK_INDEX_NAME))
+        return parse_block_index(manifest, body)
+
+    def read_block(self, manifest: Manifest, blocks: BlockIndex, number: int) -> bytes:
+        """Block ``number``'s bytes: one ranged read (verified by the caller on decode)."""
+        key = snapshot_key(manifest.version, BLOCKS_NAME)
+        return self.store.read_range(key, blocks.offsets[number], blocks.lengths[number])

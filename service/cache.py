@@ -10,6 +10,11 @@ for it only up to a deadline: ``refresh_wait_seconds`` with a snapshot in hand, 
 (or with a 503), and the check finishes on its own, bounded by the store client's timeouts.
 What a failure means is decided once, by :func:`loaders.errors.classify`.
 
+A version is served in one of two modes (``serve_mode``): ``memory`` holds the whole table with
+its :class:`loaders.index.KeyIndex`; ``tiered`` holds only the block index and reads blocks by
+range as lookups need them (:class:`service.tiered.TieredIndex`). ``auto`` picks tiered for a
+version whose projected memory does not fit the budget beside what is held.
+
 Where something else runs the due checks between requests (``service.refresher``: an internal
 extension after each response, or a timer thread), ``checks_in_request`` is off and a request
 with a snapshot in hand never starts one.
@@ -41,13 +46,18 @@ from service.errors import SnapshotUnavailableError
 from service.memory import projected_bytes, release_unused
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loaders.blocks import BlockIndex
     from loaders.manifest import Manifest, Pointer
     from loaders.metrics import MetricsRecorder
     from loaders.snapshot import Snapshot
+    from service.tiered import TieredIndex
 
 Clock = Callable[[], float]
 _GATE_KEY = "pointer"
 MB = 1 << 20
+SERVE_MODES = ("auto", "memory", "tiered")
 # Created at module scope so that the handler's Powertools set-up (which configures only the
 # loggers that exist when it runs) turns these lines into JSON too.
 logger = logging.getLogger(__name__)
@@ -61,6 +71,20 @@ class SnapshotSource(Protocol):
     def read_manifest(self, version: str) -> Manifest: ...
 
     def read_data(self, manifest: Manifest) -> Snapshot: ...
+
+    def read_block_index(self, manifest: Manifest) -> BlockIndex: ...
+
+    def read_block(self, manifest: Manifest, blocks: BlockIndex, number: int) -> bytes: ...
+
+
+class Lookup(Protocol):
+    """What a request reads rows through: a KeyIndex (memory) or a TieredIndex (tiered)."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def get_many(self, keys: Any) -> tuple[list[dict[str, Any]], list[str]]: ...
 
 
 class CheckOutcome(enum.Enum):
@@ -87,17 +111,19 @@ class Loaded:
     """A verified snapshot with its index, as held between requests."""
 
     manifest: Manifest
-    index: KeyIndex
+    index: Lookup
     created_at_epoch: float
     created_at_text: str
     degraded: bool = False
+    mode: str = "memory"
+    held_bytes: int = 0  # what the memory budget counts for it
 
 
 @dataclass(frozen=True, slots=True)
 class Serving:
     """What one request works from: one snapshot's index and its status block."""
 
-    index: KeyIndex
+    index: Lookup
     snapshot: dict[str, Any]
 
 
@@ -140,6 +166,13 @@ class SnapshotCache:
         Hands freed pages back to the system after a swap.
     metrics : MetricsRecorder, optional
         Counts pointer checks by outcome, and samples each load's seconds, rows and bytes.
+    serve_mode : str, default "auto"
+        ``memory``, ``tiered`` (a version without blocks is served from memory, with a
+        warning), or ``auto`` (tiered when memory does not fit the budget).
+    tiered_cache_bytes : int, default 128 MiB
+        The most decoded blocks a tiered version keeps.
+    tiered_fetch_workers : int, default 8
+        The most block reads in flight at once.
     checks_in_request : bool, default True
         Whether :meth:`get` starts the due check itself. Off while a refresher runs due checks
         between requests (:meth:`check_if_due`); a request without any snapshot still waits
@@ -164,8 +197,17 @@ class SnapshotCache:
         metrics: MetricsRecorder | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         checks_in_request: bool = True,
+        serve_mode: str = "auto",
+        tiered_cache_bytes: int = 128 * MB,
+        tiered_fetch_workers: int = 8,
     ) -> None:
+        if serve_mode not in SERVE_MODES:
+            raise ValueError(f"serve_mode {serve_mode!r} is not one of {SERVE_MODES}")
         self.checks_in_request = checks_in_request
+        self._serve_mode = serve_mode
+        self._tiered_cache_bytes = tiered_cache_bytes
+        self._tiered_fetch_workers = tiered_fetch_workers
+        self._block_pool: ThreadPoolExecutor | None = None
         self._source = source
         self._key_column = key_column
         self._max_staleness_seconds = max_staleness_seconds
@@ -285,6 +327,7 @@ class SnapshotCache:
             "age_seconds": int(age),
             "stale": age > self._max_staleness_seconds,
             "checked_at": self._checked_at,
+            "mode": loaded.mode,
         }
         if loaded.degraded:
             status["degraded"] = True
@@ -400,23 +443,58 @@ class SnapshotCache:
     def _load(self, version: str, *, degraded: bool = False) -> Loaded:
         started = self._clock()
         manifest = self._source.read_manifest(version)
-        self._admit(manifest)
-        snapshot = self._source.read_data(manifest)
+        index: Lookup
+        if self._admit(manifest) == "tiered":
+            tiered = self._tiered(manifest)
+            index, mode, held = tiered, "tiered", tiered.nbytes + self._tiered_cache_bytes
+            read_bytes = manifest.blocks.index_bytes if manifest.blocks else 0
+        else:
+            snapshot = self._source.read_data(manifest)
+            index = KeyIndex(snapshot.table, manifest.key_column)
+            mode, held, read_bytes = "memory", projected_bytes(manifest) or 0, manifest.bytes
         loaded = Loaded(
             manifest=manifest,
-            index=KeyIndex(snapshot.table, manifest.key_column),
+            index=index,
             created_at_epoch=manifest.created_at.timestamp(),
             created_at_text=utc_text(manifest.created_at) or "",
             degraded=degraded,
+            mode=mode,
+            held_bytes=held,
         )
         if self._metrics is not None:
             self._metrics.sample(Metric.LOAD_SECONDS, self._clock() - started)
             self._metrics.sample(Metric.LOAD_ROWS, manifest.row_count)
-            self._metrics.sample(Metric.LOAD_BYTES, manifest.bytes)
+            self._metrics.sample(Metric.LOAD_BYTES, read_bytes)
         return loaded
 
-    def _admit(self, manifest: Manifest) -> None:
-        """Refuse a version before downloading it: empty, wrong key, from the future, too big."""
+    def _tiered(self, manifest: Manifest) -> TieredIndex:
+        """A tiered reader of ``manifest``'s blocks: only the block index is read now."""
+        from concurrent.futures import ThreadPoolExecutor  # tiered only: off memory's path
+
+        from service.tiered import TieredIndex
+
+        blocks = self._source.read_block_index(manifest)
+        if self._block_pool is None:
+            self._block_pool = ThreadPoolExecutor(
+                self._tiered_fetch_workers, thread_name_prefix="block-read"
+            )
+        source = self._source
+        return TieredIndex(
+            manifest,
+            blocks,
+            lambda number: source.read_block(manifest, blocks, number),
+            pool=self._block_pool,
+            cache_bytes=self._tiered_cache_bytes,
+            # The read goes on after a 503, so a retry a second later usually finds it cached.
+            wait_seconds=self._refresh_wait_seconds,
+            metrics=self._metrics,
+        )
+
+    def _admit(self, manifest: Manifest) -> str:
+        """Refuse a version before downloading it: empty, wrong key, from the future, too big.
+
+        Returns the mode to serve it in.
+        """
         version = manifest.version
         if manifest.row_count < 1:
             raise SnapshotInvalidError(f"snapshot {version} has no rows")
@@ -432,15 +510,29 @@ class SnapshotCache:
             )
         budget = self._memory_budget_bytes
         needed = projected_bytes(manifest)
-        if budget is None or needed is None:
-            return
         current = self._current
-        held = 0 if current is None else projected_bytes(current.manifest) or 0
-        if held + needed > budget:
+        held = 0 if current is None else current.held_bytes
+        fits = budget is None or needed is None or held + needed <= budget
+        mode = self._serve_mode
+        if manifest.blocks is not None and (mode == "tiered" or (mode == "auto" and not fits)):
+            if not fits:
+                self._log.info(
+                    "snapshot %s needs about %.0f MB beside the %.0f MB held, over the %.0f MB "
+                    "budget: serving it tiered",
+                    version,
+                    (needed or 0) / MB,
+                    held / MB,
+                    (budget or 0) / MB,
+                )
+            return "tiered"
+        if mode == "tiered":
+            self._log.warning("snapshot %s has no blocks (built before issue 11): memory", version)
+        if not fits:
             raise SnapshotTooLargeError(
-                f"snapshot {version} needs about {needed / MB:.0f} MB beside the "
-                f"{held / MB:.0f} MB held; the memory budget is {budget / MB:.0f} MB"
+                f"snapshot {version} needs about {(needed or 0) / MB:.0f} MB beside the "
+                f"{held / MB:.0f} MB held; the memory budget is {(budget or 0) / MB:.0f} MB"
             )
+        return "memory"
 
     def _swap(self, loaded: Loaded) -> None:
         self._current = loaded  # the swap: one reference assignment

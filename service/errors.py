@@ -8,6 +8,7 @@
      ├── RouteNotFoundError       404 route_not_found   no such path
      ├── MethodNotAllowedError    405 method_not_allowed  the path exists, not the method (Allow)
      └── SnapshotUnavailableError 503 snapshot_unavailable  no good snapshot is loaded (Retry-After)
+          └── RowsUnavailableError 503 rows_unavailable  tiered mode: a block could not be read
 
 Every answer built from one of these is ``{"error": {"code", "message"}}``, plus the
 ``snapshot`` block when the error happened with a snapshot in hand, and ``headers`` for HTTP.
@@ -78,6 +79,15 @@ class SnapshotUnavailableError(AppError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class RowsUnavailableError(SnapshotUnavailableError):
+    """A tiered reader could not read (or verify) a block this request needs, in time.
+
+    Only this request fails; the version stays loaded.
+    """
+
+    code = "rows_unavailable"
 
 
 def to_response(exc: AppError) -> tuple[int, dict[str, Any]]:

@@ -123,6 +123,9 @@ def build_service(
         retry_after_seconds=max(1, math.ceil(settings.cold_load_wait_seconds)),
         memory_budget_bytes=settings.memory_budget_bytes,
         metrics=metrics,
+        serve_mode=settings.serve_mode,
+        tiered_cache_bytes=settings.tiered_cache_mb << 20,
+        tiered_fetch_workers=settings.tiered_fetch_workers,
     )
     return Service(settings, cache, metrics)
 

@@ -11,7 +11,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from loaders.metrics import Metric
-from service.errors import BadRequestError, KeyNotFoundError
+from service.errors import BadRequestError, KeyNotFoundError, RowsUnavailableError
 
 if TYPE_CHECKING:
     from loaders.metrics import MetricsRecorder
@@ -71,7 +71,11 @@ def get_customer(
     """``{"item", "snapshot"}`` for one key; ``KeyNotFoundError`` (with snapshot) if absent."""
     key = check_key(customer_id)
     serving = cache.get()
-    row = serving.index.get(key)
+    try:
+        row = serving.index.get(key)
+    except RowsUnavailableError as exc:  # tiered mode: this request only, with its snapshot
+        exc.snapshot = serving.snapshot
+        raise
     if metrics is not None:
         metrics.count(Metric.LOOKUPS)
         if row is None:
@@ -93,7 +97,11 @@ def get_customers(
         raise BadRequestError('expected a JSON object {"customer_ids": [...]}')
     keys = check_keys(payload["customer_ids"], max_keys=max_keys)
     serving = cache.get()
-    items, missing = serving.index.get_many(keys)
+    try:
+        items, missing = serving.index.get_many(keys)
+    except RowsUnavailableError as exc:
+        exc.snapshot = serving.snapshot
+        raise
     if metrics is not None:
         metrics.count(Metric.LOOKUPS, len(keys))
         metrics.count(Metric.MISSES, len(missing))

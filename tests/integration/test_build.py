@@ -503,14 +503,16 @@ def test_build_writes_data_then_manifest_then_pointer_then_changes(
     version = run_build(proxy, sources.parquet(customers(IDS)), now=T1).manifest.version
 
     keys = [key for key, _ in proxy.puts]
-    assert keys[:4] == [
+    assert keys[:6] == [
         f"snapshots/{version}/data.parquet",
+        f"snapshots/{version}/blocks.bin",
+        f"snapshots/{version}/blocks.arrow",
         f"snapshots/{version}/manifest.json",
         "CURRENT",
         f"snapshots/{version}/changes.json",
     ]
     # Then the build record, a report of the run that no reader needs.
-    assert keys[4].startswith("builds/") and keys[4:] == [keys[4], "builds/latest.json"]
+    assert keys[6].startswith("builds/") and keys[6:] == [keys[6], "builds/latest.json"]
 
 
 def test_crash_before_the_manifest_leaves_the_pointer_and_the_cache_on_the_old_version(
