@@ -216,9 +216,9 @@ class SharedSource:
                 table, how = self._write_and_map(path, manifest)
             else:
                 how = "mapped"
-        if how != "private":
+        if how != "private":  # a private copy has recorded why already
             self._sweep(keep=path.name)
-        self._record(SharedLoad(manifest.version, how))
+            self._record(SharedLoad(manifest.version, how))
         return Snapshot(manifest, table)
 
     # --- finding or writing this version's copy ----------------------------------------------
