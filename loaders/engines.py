@@ -1,4 +1,4 @@
-"""Query engines that turn the builder's SELECT into a ``pa.Table``.
+"""Query engines that turn the builder's SELECT into Parquet files on local disk, or a ``pa.Table``.
 
 - :class:`AthenaEngine` wraps the SELECT in ``UNLOAD ... TO '<staging>/<run id>/'`` (Parquet, zstd),
   polls with backoff under a deadline, and reads the unloaded files with pyarrow. Once started,
@@ -10,6 +10,10 @@
 Both can :meth:`fingerprint` their inputs before a query (``loaders.fingerprint``): Athena's
 through Glue and S3 listings, DuckDB's from its files' sizes and modification times.
 
+Both :meth:`export` the result as Parquet files into a local directory, which the builder
+checks and sorts out of core (:mod:`loaders.stream`) without holding the rows; :meth:`run` reads
+those files into one table, for small results and callers that want one.
+
 Both take their clients, clock and sleep as arguments: tests never wait.
 """
 
@@ -17,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,6 +54,10 @@ logger = logging.getLogger(__name__)
 # AthenaError.ErrorCategory: 1 system, 2 user (the query or its data), 3 other.
 _ERROR_CATEGORIES = {1: "system", 2: "user", 3: "other"}
 
+# DuckDB's memory limit in a build (its own default is 80 % of the machine): past it, sorts,
+# joins and aggregates spill to the build's temporary directory.
+DEFAULT_MEMORY_LIMIT = "4GB"
+
 # Functions and statements that only Athena/Trino knows, with the DuckDB spelling where one exists.
 _ATHENA_ONLY = {
     "unload": "UNLOAD is added by the Athena engine itself; give a plain SELECT",
@@ -65,6 +74,22 @@ class QueryEngine(Protocol):
     name: str
 
     def run(self, sql: str, *, progress: Progress | None = None) -> pa.Table: ...
+
+
+@runtime_checkable
+class ExportingEngine(Protocol):
+    """An engine that can leave its result as Parquet files in a local directory."""
+
+    name: str
+
+    def export(
+        self, sql: str, directory: Path, *, progress: Progress | None = None
+    ) -> list[Path]: ...
+
+
+# Bytes fetched per read while an engine's output is copied to local disk: bounded memory
+# whatever the output's size.
+DOWNLOAD_CHUNK_BYTES = 8 << 20
 
 
 def _statements(sql: str) -> list[sqlparse.sql.Statement]:
@@ -219,24 +244,40 @@ class AthenaEngine:
         )
 
     def run(self, sql: str, *, progress: Progress | None = None) -> pa.Table:
-        """Run ``sql`` and return its rows.
+        """Run ``sql`` and return its rows (see :meth:`export`).
 
-        Once the query has started, any failure (polling, the deadline, listing or reading
+        Raises
+        ------
+        QueryFailedError
+            As :meth:`export`.
+        """
+        with tempfile.TemporaryDirectory(prefix="athena-unload-") as tmp:
+            return read_files(self.export(sql, Path(tmp), progress=progress), what="UNLOAD output")
+
+    def export(self, sql: str, directory: Path, *, progress: Progress | None = None) -> list[Path]:
+        """Run ``sql`` and copy the UNLOAD output into ``directory``, a bounded chunk at a time.
+
+        Once the query has started, any failure (polling, the deadline, listing or copying
         the output, an interrupt) stops it before the error propagates.
+
+        Returns
+        -------
+        list of Path
+            The Parquet files, in the order of their keys.
 
         Raises
         ------
         QueryFailedError
             If Athena reports FAILED or CANCELLED (naming the error category and type, never
-            Athena's message, which can quote data), the deadline passes, or a call fails
-            after botocore's retries.
+            Athena's message, which can quote data), the deadline passes, a call fails after
+            botocore's retries, or the output is not Parquet.
         """
         target = "/".join(p for p in (self.prefix, self.run_id()) if p) + "/"
         self.scanned_bytes = None
         query_id = self._start(self.unload_sql(sql, target))
         try:
             self._wait(query_id, progress or (lambda _msg: None))
-            return self._read(target)
+            return self._download(target, directory)
         except BaseException as exc:
             # BaseException too: an interrupt or a Lambda shutdown must not leave it running.
             self._stop(query_id, exc)
@@ -289,28 +330,30 @@ class AthenaEngine:
             logger.warning("%s (after %s)", note, type(cause).__name__)
             cause.add_note(note)
 
-    def _read(self, target: str) -> pa.Table:
-        """Read every file UNLOAD wrote below ``target`` (they have no extension)."""
+    def _download(self, target: str, directory: Path) -> list[Path]:
+        """Copy every file UNLOAD wrote below ``target`` (they have no extension)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        files = []
         try:
             pages = self.s3.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=target
             )
             keys = sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
-            tables = [
-                pq.read_table(
-                    pa.BufferReader(self.s3.get_object(Bucket=self.bucket, Key=k)["Body"].read())
-                )
-                for k in keys
-            ]
+            for number, key in enumerate(keys):
+                path = directory / f"unload-{number:05d}.parquet"
+                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+                with path.open("wb") as out:
+                    shutil.copyfileobj(body, out, DOWNLOAD_CHUNK_BYTES)
+                files.append(path)
         except (ClientError, BotoCoreError) as exc:
             raise QueryFailedError(
                 f"cannot read UNLOAD output s3://{self.bucket}/{target}: {_reason(exc)}"
             ) from exc
-        except pa.ArrowException as exc:
-            raise QueryFailedError(f"UNLOAD output is not readable Parquet: {exc}") from exc
-        if not tables:
+        if not files:
             raise QueryFailedError(f"UNLOAD wrote no files to s3://{self.bucket}/{target}")
-        return pa.concat_tables(tables, promote_options="permissive")
+        for path in files:
+            check_result_file(path, what="UNLOAD output")
+        return files
 
 
 def _reason(exc: ClientError | BotoCoreError) -> str:
@@ -342,6 +385,8 @@ class DuckDBEngine:
         Parquet files).
     fingerprint_bound : FingerprintBound
         At most ``max_objects`` files are fingerprinted.
+    memory_limit : str, default "4GB"
+        DuckDB's ``memory_limit``; past it the query spills to the export directory.
     """
 
     name = "duckdb"
@@ -351,9 +396,11 @@ class DuckDBEngine:
         tables: Mapping[str, str | Path],
         *,
         fingerprint_bound: FingerprintBound = DEFAULT_BOUND,
+        memory_limit: str = DEFAULT_MEMORY_LIMIT,
     ) -> None:
         self.tables = {name: Path(path) for name, path in tables.items()}
         self.fingerprint_bound = fingerprint_bound
+        self.memory_limit = memory_limit
         for name in self.tables:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ValueError(f"table name {name!r} is not a plain SQL identifier")
@@ -369,12 +416,30 @@ class DuckDBEngine:
         return fingerprint_files(normalised_select(sql), self.tables, bound=self.fingerprint_bound)
 
     def run(self, sql: str, *, progress: Progress | None = None) -> pa.Table:
-        """Run ``sql`` and return its rows.
+        """Run ``sql`` and return its rows (see :meth:`export`).
+
+        Raises
+        ------
+        QueryFailedError
+            As :meth:`export`.
+        """
+        with tempfile.TemporaryDirectory(prefix="duckdb-build-") as tmp:
+            return read_files(
+                self.export(sql, Path(tmp), progress=progress), what="DuckDB's result"
+            )
+
+    def export(self, sql: str, directory: Path, *, progress: Progress | None = None) -> list[Path]:
+        """Run ``sql`` and write its rows to one zstd Parquet file in ``directory``.
+
+        DuckDB runs under ``memory_limit`` and spills to ``directory``, so a result larger
+        than memory is written all the same.
 
         Raises
         ------
         QueryFailedError
             If the SQL uses Athena-only syntax, names a missing table or file, or fails.
+        SnapshotInvalidError
+            If a result column has a type no reader can serve as it is (INTERVAL).
         """
         import duckdb  # here, not at the top: the Athena builder Lambda does not ship DuckDB
 
@@ -384,26 +449,49 @@ class DuckDBEngine:
                 "the query uses Athena-only SQL, which DuckDB cannot run: " + "; ".join(found)
             )
         report = progress or (lambda _msg: None)
-        with tempfile.TemporaryDirectory(prefix="duckdb-build-") as tmp:
-            out = Path(tmp) / "result.parquet"
-            con = duckdb.connect()
-            try:
-                for name, path in self.tables.items():
-                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM {_reader(path)}")
-                report("query running in DuckDB")
-                con.execute(f"COPY ({text}) TO '{out}' (FORMAT PARQUET, COMPRESSION ZSTD)")
-            except duckdb.Error as exc:
-                raise QueryFailedError(f"DuckDB could not run the query: {exc}") from exc
-            finally:
-                con.close()
-            return _read_result(out)
+        directory.mkdir(parents=True, exist_ok=True)
+        out = directory / "result.parquet"
+        con = duckdb.connect(config=duckdb_config(directory, self.memory_limit))
+        try:
+            for name, path in self.tables.items():
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM {_reader(path)}")
+            report("query running in DuckDB")
+            con.execute(f"COPY ({text}) TO '{_quoted(out)}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+        except duckdb.Error as exc:
+            raise QueryFailedError(f"DuckDB could not run the query: {exc}") from exc
+        finally:
+            con.close()
+        check_result_file(out, what="DuckDB's result")
+        return [out]
 
 
-def _read_result(path: Path) -> pa.Table:
-    """Read DuckDB's Parquet result, refusing what pyarrow would read as something else.
+def duckdb_config(directory: Path, memory_limit: str) -> dict[str, str]:
+    """A DuckDB connection's settings for a build: bounded memory, spilling below ``directory``.
+
+    No ``TimeZone``: it needs the ICU extension, which is not bundled. Without ICU, DuckDB
+    converts between plain and zoned timestamps as UTC, as Arrow's casts do.
+    """
+    spill = directory / "duckdb-spill"
+    spill.mkdir(parents=True, exist_ok=True)
+    return {
+        "memory_limit": memory_limit,
+        "temp_directory": str(spill),
+        "preserve_insertion_order": "true",
+    }
+
+
+def check_result_file(path: Path, *, what: str) -> pa.Schema:
+    """The Arrow schema of one result file, refusing what pyarrow would read as something else.
 
     DuckDB writes INTERVAL as 12 raw bytes with Parquet's INTERVAL annotation, which pyarrow
     reads as plain binary: served, it would be base64 noise. Only the Parquet schema tells.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        If a column is an INTERVAL.
+    QueryFailedError
+        If the file is not readable Parquet.
     """
     try:
         parquet = pq.ParquetFile(path)
@@ -416,15 +504,34 @@ def _read_result(path: Path) -> pa.Table:
                     f"column {name!r} is an INTERVAL, which cannot be served; "
                     "cast it to a number of seconds or to text in the query"
                 )
-        return parquet.read()
-    except pa.ArrowException as exc:
-        raise QueryFailedError(f"DuckDB's result is not readable Parquet: {exc}") from exc
+        return parquet.schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise QueryFailedError(f"{what} is not readable Parquet: {exc}") from exc
+
+
+def read_files(paths: list[Path], *, what: str) -> pa.Table:
+    """Read result files into one table (columns of differing types promoted).
+
+    Raises
+    ------
+    QueryFailedError
+        If a file is not readable Parquet.
+    """
+    try:
+        tables = [pq.ParquetFile(path).read() for path in paths]
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowException, OSError) as exc:
+        raise QueryFailedError(f"{what} is not readable Parquet: {exc}") from exc
+
+
+def _quoted(path: Path) -> str:
+    return str(path.resolve()).replace("'", "''")
 
 
 def _reader(path: Path) -> str:
     if not path.exists():
         raise QueryFailedError(f"table file {path} does not exist")
-    quoted = str(path.resolve()).replace("'", "''")
+    quoted = _quoted(path)
     if path.is_dir():
         return f"read_parquet('{quoted}/*')"
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):
