@@ -8,7 +8,7 @@ problem line gives a count and up to 20 example keys.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -102,36 +102,63 @@ def conform(table: pa.Table, contract: Sequence[Column]) -> tuple[pa.Table, list
     Engines spell types differently (Athena UNLOAD gives ``timestamp[ns]`` where DuckDB gives
     ``timestamp[us, tz=UTC]``), so a safe cast is not a schema change; a failed one is.
     """
+
+    def cast(name: str, target: pa.DataType) -> None:
+        nonlocal table
+        converted = pc.cast(table.column(name), target, safe=True)
+        table = table.set_column(table.column_names.index(name), name, converted)
+
+    _, problems = conform_types(table.schema, contract, cast)
+    if contract and not problems:
+        table = table.select([c.name for c in contract])
+    return table, problems
+
+
+def conform_types(
+    schema: pa.Schema, contract: Sequence[Column], cast: Callable[[str, pa.DataType], None]
+) -> tuple[pa.Schema, list[str]]:
+    """The contract's rules over a schema, with the values' check left to ``cast``.
+
+    ``cast(name, target)`` must raise (an Arrow error) when a column's values do not cast
+    safely: :func:`conform` casts the column it holds; the out-of-core build scans its files.
+
+    Returns
+    -------
+    (pa.Schema, list of str)
+        The schema with every column that casts given its contract type (in the contract's
+        order when there are no problems), and the problems.
+    """
     problems: list[str] = []
     if not contract:  # the first build of a root with no configured contract
-        return table, problems
-    names = set(table.column_names)
+        return schema, problems
+    names = set(schema.names)
     expected = {c.name for c in contract}
     if missing := [c.name for c in contract if c.name not in names]:
         problems.append(f"missing columns: {', '.join(missing)}")
-    if extra := [n for n in table.column_names if n not in expected]:
+    if extra := [n for n in schema.names if n not in expected]:
         problems.append(f"unexpected columns: {', '.join(extra)}")
     for column in contract:
         if column.name not in names:
             continue
-        current = table.column(column.name)
-        if str(value_type(current.type)) == column.type:
+        current = schema.field(column.name).type
+        if str(value_type(current)) == column.type:
             continue
         try:
             target = _parse_type(column.type)
-            if not _same_family(value_type(current.type), target):
+            if not _same_family(value_type(current), target):
                 raise TypeError("different kind")
-            cast = pc.cast(current, target, safe=True)
+            cast(column.name, target)
         except (pa.ArrowException, ValueError, TypeError) as exc:
             problems.append(
-                f"column {column.name}: type {value_type(current.type)}, expected {column.type}"
+                f"column {column.name}: type {value_type(current)}, expected {column.type}"
                 f" ({type(exc).__name__})"
             )
             continue
-        table = table.set_column(table.column_names.index(column.name), column.name, cast)
+        index = schema.get_field_index(column.name)
+        schema = schema.set(index, schema.field(index).with_type(target))
     if not problems:
-        table = table.select([c.name for c in contract])
-    return table, problems
+        schema = pa.schema([schema.field(c.name) for c in contract], metadata=schema.metadata)
+    return schema, problems
 
 
 _FAMILIES = (
@@ -176,7 +203,11 @@ def check_key_format(table: pa.Table, rules: Rules) -> list[str]:
 
 
 def check_row_count(table: pa.Table, rules: Rules, previous: Manifest | None) -> list[str]:
-    rows = table.num_rows
+    return row_count_problems(table.num_rows, rules, previous)
+
+
+def row_count_problems(rows: int, rules: Rules, previous: Manifest | None) -> list[str]:
+    """The row-count rules: at least ``min_rows``, and a bounded move against ``previous``."""
     problems = []
     if rows < rules.min_rows:
         problems.append(f"{rows} rows, fewer than MIN_ROWS={rules.min_rows}")
