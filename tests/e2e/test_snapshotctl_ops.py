@@ -248,7 +248,8 @@ def test_gc_dry_run_lists_then_gc_deletes(
 
     kept = {k["version"]: k["reasons"] for k in done["kept"]}
     assert planned["dry_run"] is True and planned["deleted"] == done["deleted"]
-    assert done["deleted"] == [{"version": extra, "objects": 2}]  # no changes.json: superseded
+    # data, blocks, block index, manifest; no changes.json: superseded
+    assert done["deleted"] == [{"version": extra, "objects": 4}]
     assert kept == {versions[2]: ["current", "newest 1"], versions[1]: ["previous"],
                     versions[0]: ["previous"]}  # fmt: skip
 

@@ -59,6 +59,8 @@ def test_publish_writes_data_manifest_and_pointer(any_store: ObjectStore, small_
 
     assert stored_keys(any_store) == {
         f"snapshots/{version}/data.parquet",
+        f"snapshots/{version}/blocks.bin",
+        f"snapshots/{version}/blocks.arrow",
         f"snapshots/{version}/manifest.json",
         "CURRENT",
     }
@@ -100,6 +102,7 @@ def test_manifest_has_exactly_the_documented_fields(any_store: ObjectStore, smal
         "sha256",
         "bytes",
         "table_bytes",
+        "blocks",
         "source",
     }
 
@@ -239,6 +242,8 @@ def test_publish_writes_data_then_manifest_then_pointer(
 
     assert [key for key, _ in recording.puts] == [
         f"snapshots/{version}/data.parquet",
+        f"snapshots/{version}/blocks.bin",
+        f"snapshots/{version}/blocks.arrow",
         f"snapshots/{version}/manifest.json",
         "CURRENT",
     ]
@@ -250,7 +255,7 @@ def test_snapshot_files_are_written_create_only(any_store: ObjectStore, small_ta
     publish(recording, small_table)
 
     snapshot_puts = [kwargs for key, kwargs in recording.puts if key.startswith("snapshots/")]
-    assert snapshot_puts == [{"if_none_match": "*", "if_match": None}] * 2
+    assert snapshot_puts == [{"if_none_match": "*", "if_match": None}] * 4
 
 
 def test_first_pointer_is_written_create_only(any_store: ObjectStore, small_table) -> None:
