@@ -3,6 +3,9 @@
 After Hollow's producer: the engine, the store and the clock are injected, every validator
 must pass before anything is written, and the pointer moves last, by compare-and-swap. A
 version is stamped when its query starts, so the build that read the freshest data wins.
+
+The rows never need to fit in memory: the engine leaves them as Parquet files in a temporary
+work directory, and :mod:`loaders.stream` checks, compares and writes them from there.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ import enum
 import functools
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loaders.engines import AthenaEngine, DuckDBEngine, QueryEngine
+from loaders import stream
+from loaders.engines import AthenaEngine, DuckDBEngine, ExportingEngine, QueryEngine
 from loaders.errors import BuildRejectedError, LoaderError, SnapshotInvalidError
 from loaders.fingerprint import (
     Fingerprint,
@@ -35,12 +41,12 @@ from loaders.manifest import (
     utc_text,
 )
 from loaders.metrics import BUILDER_SERVICE, Metric, MetricsRecorder, build_metric
-from loaders.publish import Published, check_clock, publish_table
+from loaders.publish import Published, check_clock, publish_staged, publish_table
 from loaders.records import BuildRecord, counts_only, write_record
 from loaders.settings import DEFAULT_STORAGE, BuildSettings
-from loaders.snapshot import read_snapshot
 from loaders.store import ClockedStore, StorageBudget, make_s3_client, open_store, parse_uri
-from loaders.validate import Changes, Rules, diff, validate
+from loaders.stream import Previous, StagedResult, StreamSettings
+from loaders.validate import Changes, Rules
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -116,32 +122,6 @@ class BuildResult:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Base:
-    """A version a build is compared with, and as much of it as could be read."""
-
-    version: str | None
-    manifest: Manifest | None = None
-    table: pa.Table | None = None
-
-
-def _base(store: ClockedStore, version: str | None, progress: Progress) -> _Base:
-    if version is None:
-        return _Base(None)
-    progress(f"version {version}: downloading for the change report")
-    try:
-        snapshot = read_snapshot(store, version)
-    except LoaderError as exc:
-        # A broken earlier snapshot must not block a good new one; its manifest may still
-        # carry the row count for the change check.
-        logger.warning("snapshot %s unreadable: %s", version, exc)
-        try:
-            return _Base(version, read_manifest(store, version))
-        except LoaderError:
-            return _Base(version)
-    return _Base(version, snapshot.manifest, snapshot.table)
-
-
 def _current_version(store: ClockedStore) -> str | None:
     pointer = try_read_pointer(store)
     return None if pointer is None else pointer.version
@@ -194,6 +174,8 @@ def build(
     progress: Progress | None = None,
     source: dict[str, Any] | None = None,
     force: bool = False,
+    settings: StreamSettings | None = None,
+    work_dir: Path | None = None,
 ) -> BuildResult:
     """Run ``sql``, validate the rows, publish them, and announce the new version.
 
@@ -205,6 +187,11 @@ def build(
     the build ends ``unchanged``: no query ran and nothing was written, and the result's
     ``manifest`` is that current one. ``force`` builds anyway; its manifest still records the
     fingerprint. When no fingerprint can be taken, the reason is logged and the build queries.
+
+    The rows go through a temporary directory below ``work_dir`` (the system's temporary
+    directory by default): an engine that can (:class:`~loaders.engines.ExportingEngine`)
+    writes them there as Parquet, and checks, change report and snapshot are made from those
+    files out of core (:mod:`loaders.stream`, bounded by ``settings``).
 
     Returns
     -------
@@ -244,39 +231,43 @@ def build(
             store, result, finished_at=now(), elapsed_seconds=time.perf_counter() - build_started
         )
 
-    started = time.perf_counter()
-    base = _base(store, _current_version(store), say)
-    step("previous", started)
+    with tempfile.TemporaryDirectory(prefix="snapshot-build-", dir=work_dir) as tmp:
+        work = Path(tmp)
+        started = time.perf_counter()
+        base = stream.previous(store, _current_version(store), work, say)
+        step("previous", started)
 
-    query_started_at = now()
-    # Before the query: a skewed clock then costs no query and leaves no files behind.
-    check_clock(query_started_at, store.now())
-    started = time.perf_counter()
-    say(f"query running on {engine.name}")
-    table = engine.run(sql, progress=say)
-    step("query", started)
+        query_started_at = now()
+        # Before the query: a skewed clock then costs no query and leaves no files behind.
+        check_clock(query_started_at, store.now())
+        started = time.perf_counter()
+        say(f"query running on {engine.name}")
+        files = _query(engine, sql, work / "result", say)
+        step("query", started)
 
-    started = time.perf_counter()
-    say(f"validating {table.num_rows:,} rows")
-    table = validate(table, rules, base.manifest)
-    step("validate", started)
+        with StagedResult(files, work, settings or StreamSettings()) as staged:
+            started = time.perf_counter()
+            say(f"validating {staged.row_count:,} rows")
+            schema = stream.check(staged, rules, base.manifest)
+            step("validate", started)
 
-    started = time.perf_counter()
-    say(f"publishing to {store.uri}")
-    published = publish_table(
-        store,
-        table,
-        key_column=rules.key_column,
-        now=query_started_at,
-        published_at=now(),
-        store_clock=store.now,
-        source={"engine": engine.name, **(source or {}), **_recorded(fingerprint)},
-    )
-    step("publish", started)
+            started = time.perf_counter()
+            say(f"publishing to {store.uri}")
+            published = _publish(
+                store,
+                staged,
+                schema,
+                rules,
+                base,
+                query_started_at=query_started_at,
+                published_at=now(),
+                source={"engine": engine.name, **(source or {}), **_recorded(fingerprint)},
+            )
+            step("publish", started)
 
-    started = time.perf_counter()
-    changes = _report_changes(store, table, published, base, rules.key_column, say)
-    step("changes", started)
+            started = time.perf_counter()
+            changes = _report_changes(store, staged, schema, published, base, rules.key_column, say)
+            step("changes", started)
     if published.pinned:
         outcome = Outcome.PINNED
     else:
@@ -285,6 +276,43 @@ def build(
     return record(
         store, result, finished_at=now(), elapsed_seconds=time.perf_counter() - build_started
     )
+
+
+def _query(engine: QueryEngine, sql: str, directory: Path, progress: Progress) -> list[Path]:
+    """Run ``sql``, leaving its rows as Parquet files in ``directory``.
+
+    An engine that only returns a table (a test's, a caller's) has it written there, so
+    every build runs the same checks over the same kind of input.
+    """
+    if isinstance(engine, ExportingEngine):
+        return engine.export(sql, directory, progress=progress)
+    return stream.stage_table(engine.run(sql, progress=progress), directory)
+
+
+def _publish(
+    store: ClockedStore,
+    staged: StagedResult,
+    schema: pa.Schema,
+    rules: Rules,
+    base: Previous,
+    *,
+    query_started_at: datetime,
+    published_at: datetime,
+    source: dict[str, Any],
+) -> Published:
+    """Publish the checked rows: whole, in the memory-mode layout, when a reader could hold
+    them (``memory_layout_max_rows``); else streamed in row groups from the sorted result."""
+    options: dict[str, Any] = {
+        "key_column": rules.key_column,
+        "now": query_started_at,
+        "published_at": published_at,
+        "store_clock": store.now,
+        "source": source,
+    }
+    if staged.row_count > staged.settings.memory_layout_max_rows:
+        return publish_staged(store, staged, schema, **options)
+    table = stream.read_sorted(staged, rules, base.manifest)
+    return publish_table(store, table, **options)
 
 
 def record(
@@ -329,9 +357,10 @@ def record_failure(
 
 def _report_changes(
     store: ClockedStore,
-    table: pa.Table,
+    staged: StagedResult,
+    schema: pa.Schema,
     published: Published,
-    base: _Base,
+    base: Previous,
     key_column: str,
     progress: Progress,
 ) -> Changes:
@@ -343,8 +372,10 @@ def _report_changes(
     """
     if published.announced and published.replaced != base.version:
         progress(f"{published.replaced} was announced meanwhile; the change report is against it")
-        base = _base(store, published.replaced, progress)
-    changes = diff(table, base.table, key_column=key_column, previous_version=base.version)
+        base = stream.previous(store, published.replaced, staged.directory, progress)
+    changes = stream.diff(
+        staged, schema, base.data, key_column=key_column, previous_version=base.version
+    )
     if published.announced:
         key = snapshot_key(published.manifest.version, CHANGES_NAME)
         body = json.dumps(changes.to_dict(), indent=2).encode()

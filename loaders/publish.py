@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from loaders.store import ObjectStore
+    from loaders.stream import StagedResult
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,43 @@ def publish_table(
         published_at=published_at or now,
         source=source,
         extra_files=extra_files,
+    )
+    announcement = announce_latest(store, version, store_clock=store_clock)
+    return Published(
+        manifest,
+        announcement.announced,
+        announcement.current,
+        announcement.replaced,
+        announcement.pinned,
+    )
+
+
+def publish_staged(
+    store: ObjectStore,
+    staged: StagedResult,
+    schema: pa.Schema,
+    *,
+    key_column: str,
+    now: datetime,
+    published_at: datetime | None = None,
+    store_clock: Callable[[], datetime] | None = None,
+    source: dict[str, Any] | None = None,
+) -> Published:
+    """:func:`publish_table` for a checked result too large to hold: written from its files,
+    sorted and streamed (:func:`loaders.stream.write_staged_snapshot`), then announced."""
+    from loaders.stream import write_staged_snapshot
+
+    version = new_version(now)
+    manifest = write_staged_snapshot(
+        store,
+        staged,
+        schema,
+        version=version,
+        key_column=key_column,
+        created_at=now,
+        query_started_at=now,
+        published_at=published_at or now,
+        source=source,
     )
     announcement = announce_latest(store, version, store_clock=store_clock)
     return Published(

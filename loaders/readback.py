@@ -114,13 +114,26 @@ class ReadBackWorker:
             If the bytes do not decode, do not index, a lookup fails, the check runs past
             ``timeout_seconds``, or the child dies on it twice.
         """
+        return self._check(body, key_column, None)
+
+    def check_file(self, path: Path, key_column: str) -> ReadBack:
+        """Read a local Parquet file back one row group at a time (see :func:`check_row_groups`).
+
+        Raises
+        ------
+        SnapshotInvalidError
+            As :meth:`check`.
+        """
+        return self._check(b"", key_column, path)
+
+    def _check(self, body: bytes, key_column: str, path: Path | None) -> ReadBack:
         with self._lock:
             try:
-                reply = self._ask(body, key_column)
+                reply = self._ask(body, key_column, path)
             except _ChildLost:
                 # A child can die between checks (killed for memory, say): one fresh try.
                 try:
-                    reply = self._ask(body, key_column)
+                    reply = self._ask(body, key_column, path)
                 except _ChildLost as exc:
                     raise SnapshotInvalidError(
                         f"the read-back process died twice on this snapshot: {exc}"
@@ -152,9 +165,12 @@ class ReadBackWorker:
         if process is not None:
             _stop(process, kill=kill)
 
-    def _ask(self, body: bytes, key_column: str) -> dict[str, Any]:
+    def _ask(self, body: bytes, key_column: str, path: Path | None = None) -> dict[str, Any]:
         process, stdin, stdout = self._running()
-        header = json.dumps({"key_column": key_column, "bytes": len(body)}).encode() + b"\n"
+        request: dict[str, Any] = {"key_column": key_column, "bytes": len(body)}
+        if path is not None:
+            request["path"] = str(Path(path).resolve())
+        header = json.dumps(request).encode() + b"\n"
         try:
             stdin.write(header)
             stdin.write(body)
@@ -230,6 +246,18 @@ def read_back(body: bytes, key_column: str) -> ReadBack:
     return _worker.check(body, key_column)
 
 
+def read_back_file(path: Path, key_column: str) -> ReadBack:
+    """Read a local data.parquet back row group by row group, as a tiered reader would hold
+    it, in this process's shared child without pandas; ``table_bytes`` sums the row groups.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        If a reader could not serve it.
+    """
+    return _worker.check_file(path, key_column)
+
+
 # --- the child's side ---------------------------------------------------------------------
 
 
@@ -265,12 +293,72 @@ def check(body: bytes, key_column: str) -> dict[str, Any]:
     return report
 
 
-def _sample_keys(table: Any, key_column: str) -> list[str]:
+def check_row_groups(path: str, key_column: str) -> dict[str, Any]:
+    """:func:`check` for a file too large to hold: one row group decoded at a time.
+
+    Each row group must have the file's columns, and keys must rise from one to the next; the
+    sampled rows (:data:`SAMPLE_ROWS` across the file) are answered by an index over the row
+    group that holds them.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        If the file does not decode or index, or a sampled lookup fails or disagrees.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loaders.index import KeyIndex
+    from loaders.snapshot import columns_of
+
+    try:
+        parquet = pq.ParquetFile(path)
+        rows = parquet.metadata.num_rows
+        columns = columns_of(parquet.schema_arrow)
+        wanted = _sample_rows(rows)
+        start, table_bytes, checked, last_key = 0, 0, 0, None
+        for number in range(parquet.num_row_groups):
+            table = parquet.read_row_group(number)
+            if columns_of(table.schema) != columns:
+                raise SnapshotInvalidError(f"row group {number}: columns differ from the file's")
+            table_bytes += table.nbytes
+            keys = table.column(key_column)
+            if len(keys) and last_key is not None and keys[0].as_py() <= last_key:
+                raise SnapshotInvalidError(f"row group {number}: keys do not follow the last one")
+            here = wanted[(wanted >= start) & (wanted < start + table.num_rows)] - start
+            if len(here):
+                picked = keys.take(pa.array(here)).to_pylist()
+                index = KeyIndex(table, key_column)
+                try:
+                    _answer(index, picked)
+                except _LOOKUP_ERRORS as exc:
+                    raise _blame(table, key_column, picked, exc) from exc
+                checked += len(picked)
+                del index
+            if len(keys):
+                last_key = keys[-1].as_py()
+            start += table.num_rows
+            del table, keys
+            pa.default_memory_pool().release_unused()
+    except (pa.ArrowException, OSError) as exc:
+        raise SnapshotInvalidError(f"read-back: unreadable Parquet: {exc}") from exc
+    return {
+        "columns": [[c.name, c.type] for c in columns],
+        "row_count": start,
+        "table_bytes": table_bytes,
+        "rows_checked": checked,
+        "pandas_imported": _BLOCKED in sys.modules,
+    }
+
+
+def _sample_rows(rows: int) -> Any:
     import numpy as np
 
-    rows = table.num_rows
-    where = np.unique(np.linspace(0, rows - 1, num=min(rows, SAMPLE_ROWS)).round().astype(int))
-    return table.column(key_column).take(where).to_pylist()
+    return np.unique(np.linspace(0, rows - 1, num=min(rows, SAMPLE_ROWS)).round().astype(int))
+
+
+def _sample_keys(table: Any, key_column: str) -> list[str]:
+    return table.column(key_column).take(_sample_rows(table.num_rows)).to_pylist()
 
 
 def _answer(index: Any, keys: list[str]) -> None:
@@ -308,7 +396,10 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         request = json.loads(header)
         body = stdin.read(request["bytes"])
         try:
-            reply = check(body, request["key_column"])
+            if "path" in request:
+                reply = check_row_groups(request["path"], request["key_column"])
+            else:
+                reply = check(body, request["key_column"])
         except SnapshotInvalidError as exc:
             reply = {"error": str(exc)}
         except MemoryError:
