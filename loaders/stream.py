@@ -137,10 +137,11 @@ class StagedResult:
             f"CREATE VIEW staged AS SELECT * FROM read_parquet([{listed}], union_by_name = true)"
         )
 
-    def sql(self, text: str) -> Any:
-        """Run one statement; DuckDB's errors become :class:`QueryFailedError`."""
+    def sql(self, text: str) -> list[tuple[Any, ...]]:
+        """Run one statement and fetch all its rows (DuckDB wants every result finished before
+        the next statement); DuckDB's errors become :class:`QueryFailedError`."""
         try:
-            return self.con.execute(text)
+            return self.con.execute(text).fetchall()
         except self._error as exc:
             raise QueryFailedError(f"DuckDB could not check the result: {exc}") from exc
 
@@ -228,7 +229,7 @@ def _key_problems(staged: StagedResult, rules: Rules, key_type: pa.DataType) -> 
         nulls, empty = staged.sql(
             f"SELECT count(*) FILTER (WHERE {key} IS NULL), count(*) FILTER (WHERE {key} = '') "
             "FROM staged"
-        ).fetchone()
+        )[0]
         if nulls:
             problems.append(f"{nulls} null keys")
         if empty:
@@ -238,21 +239,21 @@ def _key_problems(staged: StagedResult, rules: Rules, key_type: pa.DataType) -> 
             f"CREATE OR REPLACE TEMP TABLE duplicates AS SELECT {key} AS k FROM staged "
             f"WHERE {key} IS NOT NULL GROUP BY {key} HAVING count(*) > 1"
         )
-        (count,) = staged.sql("SELECT count(*) FROM duplicates").fetchone()
+        (count,) = staged.sql("SELECT count(*) FROM duplicates")[0]
         if count:
             shown = staged.sql(f"SELECT k FROM duplicates ORDER BY k LIMIT {MAX_EXAMPLES}")
-            examples = [row[0] for row in shown.fetchall()]
+            examples = [row[0] for row in shown]
             problems.append(f"{count} duplicate keys, e.g. {_examples(examples)}")
         staged.sql("DROP TABLE duplicates")
     if pa.types.is_string(value_type(key_type)) and staged.row_count:
         # RE2 in both: regexp_matches searches as Arrow's match_substring_regex does.
         outside = f"{key} IS NOT NULL AND NOT regexp_matches({key}, {_literal(rules.key_format)})"
-        (count,) = staged.sql(f"SELECT count(*) FROM staged WHERE {outside}").fetchone()
+        (count,) = staged.sql(f"SELECT count(*) FROM staged WHERE {outside}")[0]
         if count:
             shown = staged.sql(
                 f"SELECT {key} FROM staged WHERE {outside} ORDER BY {key} LIMIT {MAX_EXAMPLES}"
             )
-            examples = [row[0] for row in shown.fetchall()]
+            examples = [row[0] for row in shown]
             problems.append(f"{count} keys outside {rules.key_format}, e.g. {_examples(examples)}")
     return problems
 
@@ -306,14 +307,14 @@ def layout(staged: StagedResult, schema: pa.Schema, key_column: str) -> Layout:
     strings = [f.name for f in schema if f.name != key_column and pa.types.is_string(f.type)]
     parts = [f"count({_name(f.name)})" for f in schema]
     parts += [f"approx_count_distinct({_name(name)})" for name in strings]
-    counts = staged.sql(f"SELECT {', '.join(parts)} FROM staged").fetchone()
+    counts = staged.sql(f"SELECT {', '.join(parts)} FROM staged")[0]
     valid = dict(zip(schema.names, counts[: len(schema)], strict=True))
     estimates = dict(zip(strings, counts[len(schema) :], strict=True))
     dictionary = set()
     for name in strings:
         if estimates[name] > 2 * bound + 1000:  # HyperLogLog's error is a few percent
             continue
-        (exact,) = staged.sql(f"SELECT count(DISTINCT {_name(name)}) FROM staged").fetchone()
+        (exact,) = staged.sql(f"SELECT count(DISTINCT {_name(name)}) FROM staged")[0]
         if exact <= bound:
             dictionary.add(name)
     required = {
@@ -393,7 +394,7 @@ def write_sorted(
             for batch in sorted_batches(staged, schema, key_column):
                 pending.append(batch)
                 pending_rows += batch.num_rows
-                if pending_rows >= group_rows:
+                while pending_rows >= group_rows:
                     flush(group_rows)
             if pending_rows:
                 flush(pending_rows)
@@ -627,12 +628,12 @@ def diff(
         f"FROM staged n FULL OUTER JOIN read_parquet({_literal(str(old))}) o ON n.{key} = o.{key} "
         f"WHERE n.{key} IS NULL OR o.{key} IS NULL OR ({differs})"
     )
-    counts = dict(staged.sql("SELECT kind, count(*) FROM delta GROUP BY kind").fetchall())
+    counts = dict(staged.sql("SELECT kind, count(*) FROM delta GROUP BY kind"))
     examples = {}
     for kind in ("added", "removed", "changed"):
         shown = staged.sql(
             f"SELECT k FROM delta WHERE kind = '{kind}' ORDER BY k LIMIT {MAX_EXAMPLES}"
-        ).fetchall()
+        )
         examples[kind] = [row[0] for row in shown]
     staged.sql("DROP TABLE delta")
     return Changes(
