@@ -33,7 +33,7 @@ from loaders.metrics import LOOKUP_SERVICE, Metric, MetricsRecorder, quiet_recor
 from loaders.snapshot import SnapshotReader
 from loaders.store import make_s3_client, open_store, parse_uri
 from service import routes
-from service.cache import SnapshotCache
+from service.cache import SnapshotCache, SnapshotSource
 from service.errors import (
     AppError,
     BadRequestError,
@@ -112,8 +112,16 @@ def build_service(
             namespace=settings.metrics_namespace, service=LOOKUP_SERVICE, enabled=in_lambda()
         )
     store = open_store(settings.snapshot_uri, s3_client=s3_client)
+    source: SnapshotSource = SnapshotReader(store)
+    if settings.shares_snapshots:
+        from service.shared import SharedSource  # only where processes share /tmp
+
+        max_mb = settings.share_max_mb
+        source = SharedSource(
+            source, settings.share_dir, max_bytes=None if max_mb is None else max_mb << 20
+        )
     cache = SnapshotCache(
-        SnapshotReader(store),
+        source,
         key_column=settings.key_column,
         ttl_seconds=settings.refresh_ttl_seconds,
         max_staleness_seconds=settings.max_staleness_seconds,
