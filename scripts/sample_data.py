@@ -1,8 +1,11 @@
 """Deterministic sample customers: the source table ``make run`` builds its snapshot from.
 
     python scripts/sample_data.py --rows 1000000 --out .data/source/customers.parquet
+    python scripts/sample_data.py --rows 100000000 --chunk-rows 1000000 --out big.parquet
 
-The same ``--rows`` and ``--seed`` always give the same table.
+The same ``--rows`` and ``--seed`` (and ``--chunk-rows``) always give the same table. With
+``--chunk-rows`` the table is made and written a chunk at a time, so 100M rows need no more
+memory than one chunk; without it, the whole table is made at once (:func:`make_customers`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +76,11 @@ def make_customers(rows: int, seed: int = 7) -> pa.Table:
         raise ValueError(f"rows must be >= 1, got {rows}")
     rng = np.random.default_rng(seed)
     ids = np.sort(rng.choice(1_000_000_000, size=rows, replace=False))
+    return _columns(ids, rng)
+
+
+def _columns(ids: np.ndarray, rng: np.random.Generator) -> pa.Table:
+    rows = len(ids)
     accounts = rng.integers(0, 10_000_000_000, size=rows)
     segment = rng.choice(len(SEGMENTS), size=rows, p=SEGMENT_WEIGHTS)
     region = rng.integers(0, len(REGIONS), size=rows)
@@ -91,18 +100,54 @@ def make_customers(rows: int, seed: int = 7) -> pa.Table:
     )
 
 
+def customer_chunks(rows: int, chunk_rows: int, seed: int = 7) -> Iterator[pa.Table]:
+    """``rows`` customers of :func:`make_customers`' columns, a shuffled chunk at a time.
+
+    Keys are unique without holding them all: row ``i`` gets an id from its own stretch of
+    the 9-digit space (``i * stride`` plus a random step below ``stride``). Chunk ``c`` holds
+    rows ``c, c + n, c + 2n, ...`` (``n`` chunks) in a random order, so every chunk spans the
+    whole key range and the table is unsorted throughout, as a warehouse returns rows.
+    """
+    if rows < 1 or chunk_rows < 1:
+        raise ValueError(f"rows and chunk_rows must be >= 1, got {rows} and {chunk_rows}")
+    stride = 1_000_000_000 // rows
+    if stride < 1:
+        raise ValueError(f"at most 1,000,000,000 rows, got {rows}")
+    chunks = -(-rows // chunk_rows)
+    for chunk in range(chunks):
+        rng = np.random.default_rng([seed, chunk])
+        where = np.arange(chunk, rows, chunks, dtype=np.int64)
+        rng.shuffle(where)
+        ids = where * stride + rng.integers(0, stride, size=len(where))
+        yield _columns(ids, rng)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the sample source table (rows shuffled, as a warehouse returns them) to Parquet."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--chunk-rows", type=int, help="make and write this many rows at a time (one row group)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="Parquet file to write")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    table = make_customers(args.rows, args.seed)
-    shuffled = table.take(np.random.default_rng(args.seed).permutation(table.num_rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(shuffled, args.out, compression="zstd")
+    if args.chunk_rows:
+        # Written under a temporary name: a cut-short run never leaves a partial table behind.
+        partial = args.out.with_name(args.out.name + ".partial")
+        chunks = customer_chunks(args.rows, args.chunk_rows, args.seed)
+        first = next(chunks)
+        with pq.ParquetWriter(partial, first.schema, compression="zstd") as writer:
+            writer.write_table(first)
+            for chunk in chunks:
+                writer.write_table(chunk)
+        partial.replace(args.out)
+    else:
+        table = make_customers(args.rows, args.seed)
+        shuffled = table.take(np.random.default_rng(args.seed).permutation(table.num_rows))
+        pq.write_table(shuffled, args.out, compression="zstd")
     print(
         f"wrote {args.rows:,} sample customers to {args.out} "
         f"({args.out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f}s"
