@@ -112,6 +112,11 @@ class KeyIndex:
         Rows sorted by ``key_column``, keys unique, non-null strings.
     key_column : str
         The column to look up by.
+    padded_keys : pa.Array, optional
+        The key column NUL-padded to one width, as ``fixed_size_binary``
+        (:func:`padded_keys`), made once elsewhere: for keys of several widths, the index then
+        searches these bytes (a shared mapping, say) instead of padding its own copy. Checked
+        for length, width, order and a sample of values, not value by value.
 
     Raises
     ------
@@ -129,16 +134,18 @@ class KeyIndex:
     True
     """
 
-    def __init__(self, table: pa.Table, key_column: str) -> None:
+    def __init__(
+        self, table: pa.Table, key_column: str, *, padded_keys: pa.Array | None = None
+    ) -> None:
         if key_column not in table.column_names:
             raise SnapshotInvalidError(f"key column {key_column!r} is missing")
         try:
-            self._build(table, key_column)
+            self._build(table, key_column, padded_keys)
         except (pa.ArrowException, ValueError, KeyError, TypeError, OverflowError) as exc:
             # Whatever a table holds, a bad one is a rejected snapshot, never a crash.
             raise SnapshotInvalidError(f"cannot index the snapshot: {exc}") from exc
 
-    def _build(self, table: pa.Table, key_column: str) -> None:
+    def _build(self, table: pa.Table, key_column: str, padded_keys: pa.Array | None) -> None:
         # A no-op for snapshots encode_table writes now (one row group: every column decodes
         # into one chunk). Older ones, in 1M-row row groups, hold a chunk per row group in each
         # dictionary column, and pay for concatenating them here (~0.15 s at 10M rows).
@@ -148,7 +155,7 @@ class KeyIndex:
         keys = _single_chunk(table.column(key_column))
         # Keys of one width are read through one zero-copy view, for the search and the values.
         view = _fixed_width(keys) if pa.types.is_string(keys.type) and not keys.null_count else None
-        self._keys = _key_array(keys, view)
+        self._keys = _key_array(keys, view, padded_keys)
         self._width = self._keys.dtype.itemsize
         plan = _plan(table, key_column, key_view=view)
         # For a lookup by key, the key column's value is the probe itself: skip reading it.
@@ -158,6 +165,12 @@ class KeyIndex:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    @property
+    def first_key(self) -> str | None:
+        """The smallest key (an example to show), or None for no rows."""
+        keys = self.table.column(self.key_column)
+        return keys[0].as_py() if len(keys) else None
 
     @property
     def nbytes(self) -> int:
@@ -349,10 +362,13 @@ def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
     return column.chunk(0) if column.num_chunks else pa.array([], column.type)
 
 
-def _key_array(keys: pa.Array, view: np.ndarray | None) -> np.ndarray:
+def _key_array(
+    keys: pa.Array, view: np.ndarray | None, padded: pa.Array | None = None
+) -> np.ndarray:
     """Keys as a fixed-width, NUL-padded numpy byte array, checked to be strictly increasing.
 
-    ``view`` is the keys' :func:`_fixed_width` view, when they all have one width.
+    ``view`` is the keys' :func:`_fixed_width` view, when they all have one width; ``padded``
+    the keys already padded (:func:`padded_keys`), when they have several.
     """
     if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
         raise SnapshotInvalidError(f"key column must be strings, not {keys.type}")
@@ -362,6 +378,8 @@ def _key_array(keys: pa.Array, view: np.ndarray | None) -> np.ndarray:
         return np.empty(0, dtype="S1")
     # Fixed-width keys (the usual ID format) are Arrow's data buffer as is, zero-copy.
     array, same_width = view, keys
+    if array is None and padded is not None:
+        array, same_width = _given_padding(keys, padded), padded
     if array is None:
         array, same_width = _padded(keys)
     if not _rises_strictly(same_width):
@@ -381,6 +399,46 @@ def _padded(keys: pa.Array) -> tuple[np.ndarray, pa.Array]:
         return np.frombuffer(padded.buffers()[2], dtype=f"S{width}", count=len(keys)), padded
     array = np.array([k.encode() for k in keys.to_pylist()], dtype=f"S{width}")
     return array, pa.Array.from_buffers(pa.binary(width), len(array), [None, pa.py_buffer(array)])
+
+
+def padded_keys(keys: pa.Array) -> pa.Array | None:
+    """String keys of several widths NUL-padded to the longest, as ``fixed_size_binary``.
+
+    None when they all have one width already (the index then views them as they are).
+    Made once and stored beside the table, it spares each process that maps the table its
+    own padded copy (``KeyIndex(..., padded_keys=)``).
+    """
+    if keys.null_count or not len(keys) or _fixed_width(keys) is not None:
+        return None
+    array, _ = _padded(keys)
+    return pa.Array.from_buffers(
+        pa.binary(array.dtype.itemsize), len(array), [None, pa.py_buffer(array)]
+    )
+
+
+# Values compared one by one when padded keys come from elsewhere: enough to catch keys of
+# another table or shifted by a row, at a cost that does not grow with the table.
+_PADDING_SAMPLES = 1024
+
+
+def _given_padding(keys: pa.Array, padded: pa.Array) -> np.ndarray:
+    """A numpy view of ``padded``, checked against ``keys`` in shape and by a sample."""
+    kind = padded.type
+    if not pa.types.is_fixed_size_binary(kind) or len(padded) != len(keys) or padded.null_count:
+        raise SnapshotInvalidError(
+            f"padded keys must be {len(keys)} non-null fixed_size_binary values, "
+            f"got {len(padded)} of {kind}"
+        )
+    width = kind.byte_width
+    if int(np.diff(_offsets(keys)).max()) > width:
+        raise SnapshotInvalidError(f"padded keys of width {width} are narrower than the keys")
+    array = np.frombuffer(
+        padded.buffers()[1], dtype=f"S{width}", count=len(padded), offset=padded.offset * width
+    )
+    for i in np.linspace(0, len(keys) - 1, min(_PADDING_SAMPLES, len(keys)), dtype=np.int64):
+        if array[i] != keys[int(i)].as_py().encode():
+            raise SnapshotInvalidError(f"padded keys differ from the keys at row {int(i)}")
+    return array
 
 
 def _rises_strictly(values: pa.Array) -> bool:

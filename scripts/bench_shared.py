@@ -59,19 +59,31 @@ _BOOT = (
 )
 
 
-def snapshot_root(rows: int, cache: Path) -> Path:
-    """The FileStore root holding the ``rows``-row bench snapshot, written on first use."""
+def snapshot_root(rows: int, cache: Path, *, keys: str = "fixed") -> Path:
+    """The FileStore root holding the ``rows``-row bench snapshot, written on first use.
+
+    ``keys="varying"`` drops the IDs' zero padding (``C1234`` beside ``C98765432``), re-sorted:
+    keys of several widths, which ``KeyIndex`` pads into a private copy in every process.
+    """
     from loaders.manifest import MANIFEST_NAME, snapshot_key
     from loaders.snapshot import write_snapshot
     from loaders.store import FileStore
     from scripts.sample_data import make_customers
 
-    root = cache / str(rows)
+    root = cache / (str(rows) if keys == "fixed" else f"{rows}-{keys}")
     if not (root / snapshot_key(VERSION, MANIFEST_NAME)).exists():
         print(f"writing the {rows:,}-row snapshot under {root} (once)", file=sys.stderr)
+        table = make_customers(rows)
+        if keys == "varying":
+            import pyarrow.compute as pc
+
+            unpadded = pc.utf8_replace_slice(
+                pc.utf8_ltrim(pc.utf8_slice_codeunits(table[KEY], 1), "0"), 0, 0, "C"
+            )
+            table = table.set_column(0, KEY, unpadded).sort_by(KEY)
         write_snapshot(
             FileStore(root),
-            make_customers(rows),
+            table,
             version=VERSION,
             key_column=KEY,
             created_at=datetime(2026, 1, 1, tzinfo=UTC),
@@ -100,7 +112,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     snapshot = source.read_data(manifest)
     loaded = time.perf_counter()
-    index = KeyIndex(snapshot.table, KEY)
+    index = KeyIndex(snapshot.table, KEY, padded_keys=getattr(snapshot, "padded_keys", None))
     indexed = time.perf_counter()
     release_unused()
     rng = np.random.default_rng(job["seed"])
@@ -226,7 +238,8 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]], table
         "",
         f"    {' '.join(['python', *sys.argv])}",
         "",
-        f"{args.rows:,} rows (`make_customers`, table {table_mb:.0f} MB in Arrow), "
+        f"{args.rows:,} rows (`make_customers`, {args.keys}-width keys, table "
+        f"{table_mb:.0f} MB in Arrow), "
         f"{args.processes} processes, medians of {args.rounds} rounds run alternately "
         f"(private, shared, ...). Each process: fresh interpreter without pandas, jemalloc "
         f"pool, `SnapshotReader(FileStore)` (shared: wrapped in `SharedSource`), `KeyIndex`, "
@@ -279,11 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=ROOT / ".data" / "bench-shared")
     parser.add_argument("--share-root", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--keys", choices=("fixed", "varying"), default="fixed")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.processes < 2:
         parser.error("--processes must be at least 2")
-    root = snapshot_root(args.rows, args.cache)
+    root = snapshot_root(args.rows, args.cache, keys=args.keys)
     rounds: dict[str, list[dict[str, Any]]] = {"private": [], "shared": []}
     table_mb = 0.0
     for i in range(args.rounds):

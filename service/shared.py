@@ -14,6 +14,11 @@ in the page cache, instead of once per process. Wire it around the snapshot sour
             max_bytes=None if settings.share_max_mb is None else settings.share_max_mb * MB,
         )
 
+and build the index with the padded keys the copy carries for keys of several widths (None
+otherwise, and for private copies)::
+
+    index = KeyIndex(snapshot.table, key, padded_keys=getattr(snapshot, "padded_keys", None))
+
 Files in ``directory`` (created ``0700``; one not private to this user is not used)::
 
     <version>.<sha256>.arrow              complete copies: renamed into place after writing
@@ -57,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from loaders.errors import SnapshotInvalidError
+from loaders.index import padded_keys
 from loaders.manifest import check_version
 from loaders.snapshot import Snapshot, columns_of
 
@@ -81,6 +87,8 @@ _LOCK_SUFFIX = ".lock"
 _TEMP_MARK = ".tmp-"
 _META_VERSION = b"snapshot.version"
 _META_SHA256 = b"snapshot.sha256"
+# The copy's extra column: the keys NUL-padded to one width, where they have several.
+_PADDED_KEYS = "__snapshot_padded_keys__"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(
     r"^(?P<version>[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})"
@@ -103,6 +111,18 @@ class SharedLoad:
     version: str
     how: str
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedSnapshot(Snapshot):
+    """A snapshot mapped from a shared copy.
+
+    ``padded_keys`` is the key column NUL-padded to one width (mapped too) when the keys have
+    several widths, else None: pass it on, ``KeyIndex(table, key, padded_keys=...)``, and the
+    index searches it instead of padding a private copy.
+    """
+
+    padded_keys: pa.Array | None = None
 
 
 class _Unshared(Exception):
@@ -208,46 +228,48 @@ class SharedSource:
         path = self.directory / data_file_name(manifest)
         with contextlib.ExitStack() as held:
             try:
-                table = self._find(path, manifest, held)
+                snapshot = self._find(path, manifest, held)
             except (_Unshared, OSError) as exc:
                 held.close()
                 return self._private(manifest, _reason(exc))
-            if table is None:  # this process holds the lock, and no good copy exists
-                table, how = self._write_and_map(path, manifest)
+            if snapshot is None:  # this process holds the lock, and no good copy exists
+                snapshot, how = self._write_and_map(path, manifest)
             else:
                 how = "mapped"
         if how != "private":  # a private copy has recorded why already
             self._sweep(keep=path.name)
             self._record(SharedLoad(manifest.version, how))
-        return Snapshot(manifest, table)
+        return snapshot
 
     # --- finding or writing this version's copy ----------------------------------------------
 
-    def _find(self, path: Path, manifest: Manifest, held: contextlib.ExitStack) -> pa.Table | None:
+    def _find(
+        self, path: Path, manifest: Manifest, held: contextlib.ExitStack
+    ) -> SharedSnapshot | None:
         """The mapped copy if a good one exists; otherwise None, with the lock held."""
         self._prepare_directory()
-        table = self._map_existing(path, manifest, remove_bad=False)
-        if table is not None:
-            return table
+        snapshot = self._map_existing(path, manifest, remove_bad=False)
+        if snapshot is not None:
+            return snapshot
         held.enter_context(self._locked(manifest.version))
         # Another process may have written it while this one waited.
-        table = self._map_existing(path, manifest, remove_bad=True)
-        if table is None:
+        snapshot = self._map_existing(path, manifest, remove_bad=True)
+        if snapshot is None:
             # Whoever wrote these held the lock that this process holds now: they are gone.
             self._remove(self._files(manifest.version, temps_only=True))
-        return table
+        return snapshot
 
-    def _write_and_map(self, path: Path, manifest: Manifest) -> tuple[pa.Table, str]:
+    def _write_and_map(self, path: Path, manifest: Manifest) -> tuple[Snapshot, str]:
         """Decode through the wrapped source, then write and map the copy (lock held)."""
         snapshot = self._source.read_data(manifest)  # its errors are the caller's
         try:
-            self._write(path, manifest, snapshot.table)
+            self._write(path, manifest, _with_padded_keys(snapshot.table, manifest.key_column))
             mapped = _map(path, manifest)
         except (_Unshared, _BadCopy, pa.ArrowException, OSError) as exc:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
             self._warn_private(manifest.version, _reason(exc))
-            return snapshot.table, "private"
+            return snapshot, "private"
         del snapshot  # the private decode: its pages go back now, the mapped copy serves
         pa.default_memory_pool().release_unused()
         return mapped, "written"
@@ -310,7 +332,9 @@ class SharedSource:
                 total += (self.directory / name).lstat().st_size
         return total
 
-    def _map_existing(self, path: Path, manifest: Manifest, *, remove_bad: bool) -> pa.Table | None:
+    def _map_existing(
+        self, path: Path, manifest: Manifest, *, remove_bad: bool
+    ) -> SharedSnapshot | None:
         """The copy at ``path`` mapped and checked; None if it is absent or bad.
 
         Only a process holding the version's lock removes a bad copy: without it, the file
@@ -446,7 +470,20 @@ class SharedSource:
             path.unlink(missing_ok=True)
 
 
-def _map(path: Path, manifest: Manifest) -> pa.Table:
+def _with_padded_keys(table: pa.Table, key_column: str) -> pa.Table:
+    """``table`` plus its keys NUL-padded to one width, where they have several widths.
+
+    ``KeyIndex`` searches fixed-width keys; keys of several widths it would pad into a private
+    copy in every process (about 100 MB at 10M rows), so the copy carries them padded once.
+    """
+    keys = table.column(key_column)
+    if _PADDED_KEYS in table.column_names or not pa.types.is_string(keys.type):
+        return table
+    padded = padded_keys(keys.chunk(0) if keys.num_chunks == 1 else keys.combine_chunks())
+    return table if padded is None else table.append_column(_PADDED_KEYS, padded)
+
+
+def _map(path: Path, manifest: Manifest) -> SharedSnapshot:
     """Memory-map the copy at ``path`` and check it against ``manifest``.
 
     Raises
@@ -464,6 +501,10 @@ def _map(path: Path, manifest: Manifest) -> pa.Table:
     names = (metadata.pop(_META_VERSION, None), metadata.pop(_META_SHA256, None))
     if names != (manifest.version.encode(), manifest.sha256.encode()):
         raise _BadCopy("it names another snapshot")
+    padded = None
+    if _PADDED_KEYS in table.column_names:
+        padded = table.column(_PADDED_KEYS).chunk(0)
+        table = table.drop_columns([_PADDED_KEYS])
     if table.num_rows != manifest.row_count:
         raise _BadCopy(f"{table.num_rows} rows, the manifest says {manifest.row_count}")
     if columns_of(table.schema) != manifest.columns:
@@ -471,7 +512,7 @@ def _map(path: Path, manifest: Manifest) -> pa.Table:
     # Buffer sizes against lengths and offsets' extent: cheap (no page is read), and enough
     # for a file that a crash cut short; full validation would read every page.
     table.validate()
-    return table.replace_schema_metadata(metadata or None)
+    return SharedSnapshot(manifest, table.replace_schema_metadata(metadata or None), padded)
 
 
 def _fsync(path: Path) -> None:
