@@ -1,8 +1,11 @@
 """Dev-only HTTP server: real HTTP requests in, API Gateway HTTP API (v2) events to the handler.
 
-    SNAPSHOT_URI=file:///abs/path python -m service.local_server --port 3000
+    SNAPSHOT_URI=file:///abs/path python -m service.local_server --port 3000 [--workers 4]
 
-Binds 127.0.0.1 only. Each request becomes a full v2 event for the same handler Lambda runs.
+Binds 127.0.0.1 only. With ``--workers N`` it runs N server processes on one port
+(``SO_REUSEPORT``: the kernel spreads connections), the way Lambda Managed Instances run several
+processes per environment; they map one shared copy of the snapshot (``SHARE_SNAPSHOTS`` is
+``on`` for them unless set). Each request becomes a full v2 event for the same handler Lambda runs.
 Whatever the stdlib cannot parse (request line, headers, HTTP/0.9, an unknown method) is
 answered in the handler's JSON error shape, never with the stdlib's HTML page, and a client
 that stalls mid-request is dropped after ``connection_timeout_seconds``.
@@ -211,10 +214,12 @@ class LocalServer(ThreadingHTTPServer):
         port: int = 0,
         *,
         connection_timeout_seconds: float = 5.0,
+        reuse_port: bool = False,
     ) -> None:
         self.handler = handler
         self.handler_lock = threading.Lock()
         self.connection_timeout_seconds = connection_timeout_seconds
+        self.allow_reuse_port = reuse_port  # worker processes share one port
         super().__init__(("127.0.0.1", port), _RequestHandler)
 
     @property
@@ -231,7 +236,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Serve the lookup handler on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.workers < 1 or args.port < 0:
+        parser.error("--workers must be >= 1 and --port >= 0")
+    if args.workers > 1:
+        return _supervise(args.port, args.workers)
     started = time.perf_counter()
     try:
         function = default_function()
@@ -242,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     function.service.cache.refresh()
     if function.service.cache.version is None:
         print("warning: no snapshot could be loaded; /health will answer 503", file=sys.stderr)
-    server = LocalServer(handler, args.port)
+    server = LocalServer(handler, args.port, reuse_port=args.worker)
     cache = function.service.cache
     # This process is never frozen: a timer runs the due checks, so no request waits on one.
     refresher = (
@@ -252,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         refresher.start()
     example = "C000000001"
     if cache.version is not None:
-        index = cache.serving().index
-        example = index.table.column(index.key_column)[0].as_py()
-    print(f"loaded snapshot {cache.version} in {time.perf_counter() - started:.2f}s")
+        example = cache.serving().index.first_key
+    serving = cache.serving().snapshot["mode"] if cache.version is not None else "nothing"
+    print(f"loaded snapshot {cache.version} ({serving}) in {time.perf_counter() - started:.2f}s")
     print(f"serving on {server.url}  (Ctrl-C to stop)")
     print(f"  curl {server.url}/customers/{example}")
     print(
@@ -271,6 +284,43 @@ def main(argv: list[str] | None = None) -> int:
             refresher.stop(timeout_seconds=5)
         server.server_close()
     return 0
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the workers as Ctrl-C does
+
+
+def _supervise(port: int, workers: int) -> int:
+    """Run ``workers`` server processes on one port until Ctrl-C or SIGTERM, then stop them."""
+    import os
+    import signal
+    import subprocess
+
+    if port == 0:  # every worker must bind the same port: pick one now
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    env = {**os.environ, "SHARE_SNAPSHOTS": os.environ.get("SHARE_SNAPSHOTS") or "on"}
+    command = [sys.executable, "-m", "service.local_server", "--port", str(port), "--worker"]
+    children = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    print(f"{workers} workers on http://127.0.0.1:{port}", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    code = 0
+    try:
+        for child in children:
+            code = code or child.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return code
 
 
 if __name__ == "__main__":

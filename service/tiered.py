@@ -94,6 +94,11 @@ class TieredIndex:
         return self.manifest.row_count
 
     @property
+    def first_key(self) -> str:
+        """The smallest key (an example to show)."""
+        return self.blocks.first_keys[0]
+
+    @property
     def nbytes(self) -> int:
         """What this reader holds now: the block index and the cached blocks."""
         return self.blocks.nbytes + int(self._cache.currsize)
