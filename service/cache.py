@@ -453,7 +453,9 @@ class SnapshotCache:
             read_bytes = manifest.blocks.index_bytes if manifest.blocks else 0
         else:
             snapshot = self._source.read_data(manifest)
-            index = KeyIndex(snapshot.table, manifest.key_column)
+            # A shared copy (service.shared) carries keys of several widths padded once.
+            padded = getattr(snapshot, "padded_keys", None)
+            index = KeyIndex(snapshot.table, manifest.key_column, padded_keys=padded)
             mode, held, read_bytes = "memory", projected_bytes(manifest) or 0, manifest.bytes
         loaded = Loaded(
             manifest=manifest,
