@@ -83,6 +83,7 @@ BUILDER_MODULES = (
     "loaders/readback.py",
     "loaders/records.py",
     "loaders/settings.py",
+    "loaders/stream.py",
     "loaders/validate.py",
 )
 LOOKUP_LEAVES_OUT = (*BUILDER_MODULES, "service/local_server.py")
