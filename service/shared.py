@@ -263,7 +263,7 @@ class SharedSource:
         """Decode through the wrapped source, then write and map the copy (lock held)."""
         snapshot = self._source.read_data(manifest)  # its errors are the caller's
         try:
-            self._write(path, manifest, _with_padded_keys(snapshot.table, manifest.key_column))
+            self._write(path, manifest, _for_copy(snapshot.table, manifest.key_column))
             mapped = _map(path, manifest)
         except (_Unshared, _BadCopy, pa.ArrowException, OSError) as exc:
             with contextlib.suppress(OSError):
@@ -470,16 +470,19 @@ class SharedSource:
             path.unlink(missing_ok=True)
 
 
-def _with_padded_keys(table: pa.Table, key_column: str) -> pa.Table:
-    """``table`` plus its keys NUL-padded to one width, where they have several widths.
+def _for_copy(table: pa.Table, key_column: str) -> pa.Table:
+    """``table`` as the copy holds it: one chunk per column, and its keys NUL-padded to one
+    width where they have several.
 
-    ``KeyIndex`` searches fixed-width keys; keys of several widths it would pad into a private
-    copy in every process (about 100 MB at 10M rows), so the copy carries them padded once.
+    ``KeyIndex`` combines a column's chunks into one, and pads keys of several widths, in a
+    private copy (about 100 MB of keys at 10M rows); done once here, every process maps the
+    result instead. Snapshots written before issue 10 (1M-row row groups) decode in chunks.
     """
+    table = table.combine_chunks()  # a no-op for columns in one chunk already
     keys = table.column(key_column)
     if _PADDED_KEYS in table.column_names or not pa.types.is_string(keys.type):
         return table
-    padded = padded_keys(keys.chunk(0) if keys.num_chunks == 1 else keys.combine_chunks())
+    padded = padded_keys(keys.chunk(0)) if keys.num_chunks == 1 else None
     return table if padded is None else table.append_column(_PADDED_KEYS, padded)
 
 

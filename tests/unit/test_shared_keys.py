@@ -5,6 +5,7 @@ Without it each process pads its own copy of the key column (about 100 MB at 10M
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,9 @@ from tests.unit.conftest import InMemorySource
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from loaders.manifest import Manifest
+    from loaders.snapshot import Snapshot
 
 VARYING = ["C1", "C22", "C333", "C4444", "C55555", "C9"]
 FIXED = ["C000000001", "C000000002", "C000000003"]
@@ -81,3 +85,21 @@ def test_padded_keys_out_of_order_are_refused() -> None:
 
     with pytest.raises(SnapshotInvalidError, match="not unique and sorted"):
         KeyIndex(customers(ids), "customer_id", padded_keys=pa.array(keys, pa.binary(5)))
+
+
+class ChunkedSource(InMemorySource):
+    """Decodes into a chunk per row, as snapshots in many row groups decode into several."""
+
+    def read_data(self, manifest: Manifest) -> Snapshot:
+        snapshot = super().read_data(manifest)
+        chunked = pa.Table.from_batches(snapshot.table.to_batches(max_chunksize=1))
+        return dataclasses.replace(snapshot, table=chunked)
+
+
+@pytest.mark.parametrize("ids", [VARYING, FIXED], ids=["varying", "fixed"])
+def test_copy_holds_one_chunk_per_column(tmp_path: Path, ids: list[str]) -> None:
+    snapshot = load_twice(ChunkedSource(), customers(ids), tmp_path / "share")
+
+    assert [column.num_chunks for column in snapshot.table.columns] == [1] * 6
+    index = KeyIndex(snapshot.table, "customer_id", padded_keys=snapshot.padded_keys)
+    assert index.get(ids[-1])["customer_id"] == ids[-1]
