@@ -181,3 +181,59 @@ def test_memory_budget_defaults_to_the_function_memory_less_a_margin(
 
     assert settings.memory_budget_mb == budget_mb
     assert settings.memory_budget_bytes == (None if budget_mb is None else budget_mb << 20)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "field", "expected"),
+    [
+        ("SERVE_MODE", "memory", "serve_mode", "memory"),
+        ("SERVE_MODE", " Tiered ", "serve_mode", "tiered"),
+        ("SERVE_MODE", "", "serve_mode", "auto"),
+        ("TIERED_CACHE_MB", "64", "tiered_cache_mb", 64),
+        ("TIERED_FETCH_WORKERS", "2", "tiered_fetch_workers", 2),
+        ("SHARE_SNAPSHOTS", "OFF", "share_mode", "off"),
+        ("SHARE_DIR", " /mnt/share ", "share_dir", "/mnt/share"),
+        ("SHARE_DIR", "", "share_dir", "/tmp/snapshot-share"),
+        ("SHARE_MAX_MB", "512", "share_max_mb", 512),
+        ("SHARE_MAX_MB", "0", "share_max_mb", None),
+    ],
+)
+def test_serving_variables_are_parsed(name: str, raw: str, field: str, expected: object) -> None:
+    value = getattr(Settings.from_env(env(**{name: raw})), field)
+
+    assert (value, type(value)) == (expected, type(expected))
+
+
+@pytest.mark.parametrize(
+    ("environ", "name"),
+    [
+        pytest.param(env(SERVE_MODE="disk"), "SERVE_MODE", id="serve-mode-unknown"),
+        pytest.param(env(TIERED_CACHE_MB="0"), "TIERED_CACHE_MB", id="cache-zero"),
+        pytest.param(env(TIERED_CACHE_MB="1.5"), "TIERED_CACHE_MB", id="cache-fraction"),
+        pytest.param(env(TIERED_FETCH_WORKERS="0"), "TIERED_FETCH_WORKERS", id="workers-zero"),
+        pytest.param(env(SHARE_SNAPSHOTS="yes"), "SHARE_SNAPSHOTS", id="share-unknown"),
+        pytest.param(env(SHARE_MAX_MB="-1"), "SHARE_MAX_MB", id="share-max-negative"),
+    ],
+)
+def test_bad_serving_value_raises_config_error_naming_it(
+    environ: dict[str, str], name: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}"):
+        Settings.from_env(environ)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shared"),
+    [
+        pytest.param({}, False, id="auto-one-process"),
+        pytest.param({"AWS_LAMBDA_MAX_CONCURRENCY": "4"}, True, id="auto-managed-instances"),
+        pytest.param({"SHARE_SNAPSHOTS": "on"}, True, id="on"),
+        pytest.param(
+            {"SHARE_SNAPSHOTS": "off", "AWS_LAMBDA_MAX_CONCURRENCY": "4"}, False, id="off"
+        ),
+    ],
+)
+def test_snapshots_are_shared_where_processes_share_tmp(
+    overrides: dict[str, str], shared: bool
+) -> None:
+    assert Settings.from_env(env(**overrides)).shares_snapshots is shared
