@@ -5,6 +5,9 @@
     python scripts/bench.py --rollback [--rows 1000000] [--out bench/rollback]
     python scripts/bench.py --coldstart [--rows 1000000] [--runs 15] [--package DIR]
     python scripts/bench.py --refresh-latency [--rows 1000000] [--invocations 2000]
+    python scripts/bench.py --sizes 1000000,10000000 --modes memory,tiered [--stores file,s3]
+    python scripts/bench.py --build [...]   # scripts/bench_build.py
+    python scripts/bench.py --shared [...]  # scripts/bench_shared.py
 
 For each size it publishes one sample snapshot (file:// and S3 on a local moto server) and
 measures, each system in a fresh interpreter so that RSS growth is its own:
@@ -80,6 +83,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import json
 import logging
 import multiprocessing
@@ -617,15 +621,17 @@ _FRESH_BOOT = (
     "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
     "sys.meta_path.insert(0, NoPandas())\n"
     "sys.path.insert(0, sys.argv[1])\n"
+    "import importlib\n"
     "from pathlib import Path\n"
-    "from scripts import bench\n"
+    "module = importlib.import_module('scripts.' + sys.argv[5])\n"
     "job = json.loads(Path(sys.argv[3]).read_text())\n"
-    "Path(sys.argv[4]).write_text(json.dumps(getattr(bench, sys.argv[2])(job)))\n"
+    "Path(sys.argv[4]).write_text(json.dumps(getattr(module, sys.argv[2])(job)))\n"
 )
 
 
-def _in_fresh_interpreter(name: str, job: dict[str, Any]) -> dict[str, Any]:
-    """Run ``name(job)`` from this module in a new interpreter without pandas.
+def _in_fresh_interpreter(name: str, job: dict[str, Any], module: str = "bench") -> dict[str, Any]:
+    """Run ``name(job)`` from this module (or ``scripts.<module>``) in a new interpreter
+    without pandas.
 
     A spawned :func:`_in_child` imports this script (pyarrow with it) before any code of ours
     runs there, too late to keep pandas out; this boot blocks it first. Job and figures travel
@@ -634,8 +640,9 @@ def _in_fresh_interpreter(name: str, job: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-job-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "figures.json"
         job_path.write_text(json.dumps(job))
+        boot = [sys.executable, "-c", _FRESH_BOOT, str(ROOT), name, str(job_path)]
         run = subprocess.run(
-            [sys.executable, "-c", _FRESH_BOOT, str(ROOT), name, str(job_path), str(out_path)],
+            [*boot, str(out_path), module],
             capture_output=True,
             text=True,
             check=False,
@@ -2129,7 +2136,47 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# Runs of their own, each in its own script, imported only when asked for: flag -> module.
+DISPATCH = {"--build": "bench_build", "--shared": "bench_shared", "--modes": "bench_tiered"}
+
+
+def _dispatch(argv: list[str]) -> int | None:
+    """Hand ``--build``, ``--shared`` or ``--sizes ... --modes ...`` to its script's ``main``
+    with the other arguments; None when none of them is asked for.
+
+    ``--modes memory,tiered`` compares the serving modes (``scripts/bench_tiered.py``, which
+    takes ``--sizes`` too); ``--build`` measures the builder (``scripts/bench_build.py``) and
+    ``--shared`` one mapped copy per machine (``scripts/bench_shared.py``).
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--build", action="store_true")
+    pre.add_argument("--shared", action="store_true")
+    pre.add_argument("--modes")
+    known, rest = pre.parse_known_args(argv)
+    asked = [flag for flag in DISPATCH if getattr(known, flag[2:])]
+    if not asked:
+        return None
+    if len(asked) > 1:
+        raise SystemExit(f"scripts/bench.py: {' and '.join(asked)} are separate runs: pick one")
+    flag = asked[0]
+    name = DISPATCH[flag]
+    try:
+        module = importlib.import_module(f"scripts.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"scripts.{name}":
+            raise
+        raise SystemExit(
+            f"scripts/bench.py {flag} runs scripts/{name}.py, which this checkout does not have"
+        ) from None
+    if flag == "--modes":
+        rest = ["--modes", known.modes, *rest]
+    return int(module.main(rest) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    dispatched = _dispatch(sys.argv[1:] if argv is None else argv)
+    if dispatched is not None:
+        return dispatched
     args = _parse_args(argv)
     sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     sizes = sizes if args.compare else []
