@@ -29,7 +29,7 @@ from loaders.index import KeyIndex
 from loaders.manifest import Blocks
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from loaders.manifest import Manifest
 
@@ -269,6 +269,44 @@ def _check_tiling(index: BlockIndex, manifest: Manifest, what: str) -> None:
         if first > last or (previous_last is not None and first <= previous_last):
             raise SnapshotInvalidError(f"{what}: block key ranges are not sorted and disjoint")
         previous_last = last
+
+
+# What one read of a full check takes at most: several blocks end to end.
+CHECK_READ_BYTES = 8 << 20
+
+
+def check_all_blocks(
+    manifest: Manifest, index: BlockIndex, read_range: Callable[[int, int], bytes]
+) -> int:
+    """Read and decode every block, as readers would one at a time; the number checked.
+
+    ``read_range(start, length)`` reads ``blocks.bin``; consecutive blocks are read together,
+    up to :data:`CHECK_READ_BYTES` at a time, so memory stays bounded for any table.
+
+    Raises
+    ------
+    SnapshotInvalidError
+        Naming the first block that does not verify or decode.
+    """
+    number = 0
+    while number < len(index):
+        first, start, length = number, index.offsets[number], 0
+        while number < len(index) and (
+            length == 0 or length + index.lengths[number] <= CHECK_READ_BYTES
+        ):
+            length += index.lengths[number]
+            number += 1
+        body = read_range(start, length)
+        if len(body) != length:
+            raise SnapshotInvalidError(
+                f"snapshot {manifest.version}: blocks.bin ends at byte {start + len(body)}, "
+                f"the index says {start + length}"
+            )
+        view = memoryview(body)
+        for n in range(first, number):
+            at = index.offsets[n] - start
+            decode_block(manifest, index, n, bytes(view[at : at + index.lengths[n]]))
+    return len(index)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import ClientError
 
+from loaders.blocks import check_all_blocks, parse_block_index
 from loaders.errors import LoaderError, ObjectNotFoundError, SnapshotInvalidError
 from loaders.index import KeyIndex
 from loaders.manifest import (
+    BLOCK_INDEX_NAME,
+    BLOCKS_NAME,
     DATA_NAME,
     SNAPSHOTS_PREFIX,
     VERSION_PATTERN,
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from loaders.store import ObjectStore
 
 _DENIED_CODES = frozenset({"AccessDenied", "403", "AllAccessDisabled"})
-VERIFY_STEPS = ("manifest", "download", "sha256 + decode", "key index")
+VERIFY_STEPS = ("manifest", "download", "sha256 + decode", "key index", "blocks")
 
 
 # --- errors an operator can act on ------------------------------------------------------------
@@ -198,6 +201,7 @@ class Verification:
     key_column: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    blocks: int | None = None  # blocks of the tiered layout checked (None: it has none)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -207,6 +211,7 @@ class Verification:
             "bytes": self.bytes,
             "sha256": self.sha256,
             "key_column": self.key_column,
+            "blocks": self.blocks,
             "error": self.error,
             "seconds": round(self.seconds, 3),
         }
@@ -236,6 +241,9 @@ def verify(store: ObjectStore, version: str, *, progress: Progress | None = None
         snapshot = _download(store, manifest, progress)
         index = KeyIndex(snapshot.table, manifest.key_column)
         progress.advance("key index")
+        del snapshot
+        blocks = _check_blocks(store, manifest)
+        progress.advance("blocks")
     except SnapshotInvalidError as exc:
         reason = " ".join(str(exc).split())
         return Verification(version, False, error=reason, seconds=time.perf_counter() - started)
@@ -247,7 +255,27 @@ def verify(store: ObjectStore, version: str, *, progress: Progress | None = None
         sha256=manifest.sha256,
         key_column=manifest.key_column,
         seconds=time.perf_counter() - started,
+        blocks=blocks,
     )
+
+
+def _check_blocks(store: ObjectStore, manifest: Manifest) -> int | None:
+    """Every block of the tiered layout checked as a tiered reader reads it; None without one."""
+    if manifest.blocks is None:
+        return None
+    try:
+        index = parse_block_index(
+            manifest, store.read(snapshot_key(manifest.version, BLOCK_INDEX_NAME))
+        )
+        key = snapshot_key(manifest.version, BLOCKS_NAME)
+        return check_all_blocks(
+            manifest, index, lambda start, length: store.read_range(key, start, length)
+        )
+    except ObjectNotFoundError as exc:
+        if is_permission_denied(exc):
+            raise
+        missing = f"snapshot {manifest.version}: a blocks file is missing"
+        raise SnapshotInvalidError(missing) from exc
 
 
 # --- status -----------------------------------------------------------------------------------

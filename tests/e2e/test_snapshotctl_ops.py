@@ -476,7 +476,7 @@ def test_progress_bar_only_on_a_terminal_and_not_when_quiet(
 ) -> None:
     with BarProgress(quiet=quiet, stream=stream) as bar:
         bar.begin(4, "verify 20261123T120000Z-0a1b2c3d")
-        for step in ("manifest", "download", "sha256 + decode", "key index"):
+        for step in ("manifest", "download", "sha256 + decode", "key index", "blocks"):
             bar.advance(step)
 
     assert ("verify 20261123T120000Z-0a1b2c3d" in stream.getvalue()) is drawn

@@ -89,6 +89,9 @@ class HookStore:
         self.on_read(key)
         return self.inner.read(key)
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        return self.inner.read_range(key, start, length)
+
     def get(self, key: str, *, if_none_match: str | None = None) -> StoredObject | None:
         return self.inner.get(key, if_none_match=if_none_match)
 

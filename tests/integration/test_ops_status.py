@@ -219,6 +219,37 @@ def test_verify_reports_a_flipped_byte_as_a_sha256_mismatch(
     assert "sha256 mismatch" in checked.error
 
 
+def test_verify_checks_every_block_of_the_tiered_layout(
+    root: ObjectStore, versions: list[str]
+) -> None:
+    good = verify(root, versions[1])
+    key = snapshot_key(versions[1], "blocks.bin")
+    body = bytearray(raw_read(root, key))
+    body[-10] ^= 0xFF  # inside the last block only: data.parquet still verifies
+    raw_write(root, key, bytes(body))
+
+    checked = verify(root, versions[1])
+
+    assert good.ok and good.blocks == 1
+    assert not checked.ok
+    assert checked.error == f"snapshot {versions[1]}: block 0: sha256 mismatch"
+
+
+def test_verify_reports_missing_blocks(root: ObjectStore, versions: list[str]) -> None:
+    key = snapshot_key(versions[1], "blocks.arrow")
+    if isinstance(root, FileStore):
+        (root.root / key).unlink()
+    else:
+        root.client.delete_object(Bucket=root.bucket, Key=f"{root.prefix}/{key}")
+
+    checked = verify(root, versions[1])
+
+    assert (checked.ok, checked.error) == (
+        False,
+        f"snapshot {versions[1]}: a blocks file is missing",
+    )
+
+
 def test_verify_reports_missing_data(root: ObjectStore, versions: list[str]) -> None:
     key = snapshot_key(versions[1], "data.parquet")
     if isinstance(root, FileStore):

@@ -15,6 +15,7 @@ from loaders.blocks import (
     MAX_BLOCK_BYTES,
     ROWS_PER_BLOCK,
     BlockWriter,
+    check_all_blocks,
     decode_block,
     parse_block_index,
     write_blocks,
@@ -205,3 +206,23 @@ def test_a_block_whose_keys_are_not_its_entrys_is_rejected(layout: tuple) -> Non
 def test_no_rows_make_no_blocks() -> None:
     with pytest.raises(SnapshotInvalidError, match="no rows"):
         BlockWriter(io.BytesIO(), KEY).close()
+
+
+def test_a_full_check_reads_blocks_together_within_its_read_size(
+    layout: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import loaders.blocks
+
+    manifest, blocks_bin, index_body = layout
+    index = parse_block_index(manifest, index_body)
+    monkeypatch.setattr(loaders.blocks, "CHECK_READ_BYTES", index.lengths[0] + index.lengths[1])
+    reads: list[tuple[int, int]] = []
+
+    def read_range(start: int, length: int) -> bytes:
+        reads.append((start, length))
+        return blocks_bin[start : start + length]
+
+    assert check_all_blocks(manifest, index, read_range) == 3
+    assert reads == [(0, index.offsets[2]), (index.offsets[2], index.lengths[2])]
+    with pytest.raises(SnapshotInvalidError, match=r"blocks\.bin ends at byte"):
+        check_all_blocks(manifest, index, lambda start, length: blocks_bin[start : start + 9])
