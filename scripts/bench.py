@@ -62,13 +62,14 @@ Parquet decode, key index; download excluded; wall and CPU seconds), RSS after i
 nbytes, and the refresh spike (``cache.refresh()`` to a new version on file://, ``--refreshes``
 of them, the previous version in memory), at each of ``--load-sizes`` rows, for the snapshot
 layout ``encode_table`` writes (``new``) beside the one it wrote before issue 10 (``old``: 1M-row
-row groups, every column nullable), and for each of ``--pools`` (``handler``: whatever
-``service.handler`` sets). Every figure is the median of ``--load-runs`` fresh interpreters
-without pandas, run interleaved. The snapshots are made once and kept under ``--load-cache``
-(``.data/bench-load``)::
+row groups, every column nullable) and ``rg4096`` (``new`` in 4,096-row row groups: one Parquet
+file that could also serve the tiered mode, issue 11), and for each of ``--pools``
+(``handler``: whatever ``service.handler`` sets). Every figure is the median of
+``--load-runs`` fresh interpreters without pandas, run interleaved. The snapshots are made
+once and kept under ``--load-cache`` (``.data/bench-load``)::
 
     python scripts/bench.py --load [--load-sizes 1000000,10000000] [--load-runs 5]
-        [--layouts old,new]
+        [--layouts old,new,rg4096]
         [--pools handler,system,mimalloc,jemalloc-decay0,jemalloc-decay1000]
         [--refreshes 5]
 
@@ -881,13 +882,14 @@ def run_soak(args: argparse.Namespace, bar: tqdm) -> dict[str, Any]:
 # --- load: decode and index, the layout before issue 10 against today's -----------------------
 
 LOAD_SIZES = "1000000,10000000"
-LOAD_LAYOUTS = ("old", "new")
+LOAD_LAYOUTS = ("old", "new", "rg4096")
 # handler: the pool service.handler sets; system and mimalloc as pyarrow makes them; jemalloc
 # with its freed pages handed back at once (decay 0) or after a second (pyarrow's Linux default;
 # set here, since importing service.handler may have set 0).
 LOAD_POOLS = ("handler", "system", "mimalloc", "jemalloc-decay0", "jemalloc-decay1000")
 LOAD_GOALS = {"load_10m_s": 1.2, "refresh_1m_s": 0.12, "rss_ratio": 1.2}
 OLD_ROW_GROUP_ROWS = 1 << 20  # what encode_table wrote before issue 10
+BLOCK_ROW_GROUP_ROWS = 4096  # the tiered mode's block (issue 11), as row groups of one file
 
 
 def _old_layout(body: bytes) -> bytes:
@@ -902,6 +904,15 @@ def _old_layout(body: bytes) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _block_row_groups(body: bytes) -> bytes:
+    """``body`` rewritten in 4,096-row row groups, as one layout serving both modes would be
+    (the columns as encode_table writes them)."""
+    sink = pa.BufferOutputStream()
+    table = pq.ParquetFile(pa.BufferReader(body)).read()
+    pq.write_table(table, sink, compression="zstd", row_group_size=BLOCK_ROW_GROUP_ROWS)
+    return sink.getvalue().to_pybytes()
+
+
 def _layout_tag(layout: str) -> str:
     """A name for ``layout`` that changes with the writer (loaders/snapshot.py, or what it makes
     of a small table), so that a cached snapshot of an older writer is not measured as today's."""
@@ -912,6 +923,8 @@ def _layout_tag(layout: str) -> str:
 
     if layout == "old":
         return f"rg{OLD_ROW_GROUP_ROWS}"
+    if layout == "rg4096":
+        return f"rg{BLOCK_ROW_GROUP_ROWS}"
     digest = hashlib.sha256(snapshot.encode_table(make_customers(5000), KEY))
     digest.update(inspect.getsource(snapshot).encode())
     return digest.hexdigest()[:12]
@@ -938,6 +951,8 @@ def load_snapshots(cache: Path, rows: int, layout: str) -> tuple[Path, list[str]
         body = encode_table(changed, KEY)
         if layout == "old":
             body = _old_layout(body)
+        elif layout == "rg4096":
+            body = _block_row_groups(body)
         manifest = describe(changed, body, version=version, key_column=KEY, created_at=created_at)
         store.put(snapshot_key(version, DATA_NAME), body, if_none_match="*")
         store.put(snapshot_key(version, MANIFEST_NAME), manifest.to_json(), if_none_match="*")
@@ -2065,7 +2080,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-sizes", default=LOAD_SIZES, help="rows, comma-separated")
     parser.add_argument("--load-runs", type=int, default=5, help="fresh interpreters per variant")
     parser.add_argument(
-        "--layouts", default=",".join(LOAD_LAYOUTS), help="comma-separated: old, new"
+        "--layouts", default=",".join(LOAD_LAYOUTS), help="comma-separated: old, new, rg4096"
     )
     parser.add_argument(
         "--pools", default="handler", help="comma-separated: " + ", ".join(LOAD_POOLS)
