@@ -387,6 +387,11 @@ def _report_changes(
     return changes
 
 
+def stream_settings_from(settings: BuildSettings) -> StreamSettings:
+    """How a build configured by ``settings`` works out of core."""
+    return StreamSettings(memory_limit=settings.duckdb_memory_limit)
+
+
 def rules_from(settings: BuildSettings, *, allow_row_change: bool = False) -> Rules:
     """The validation rules a build runs under."""
     return Rules(
@@ -402,7 +407,11 @@ def make_engine(settings: BuildSettings, *, sleep: Callable[[float], None] = tim
                 ) -> QueryEngine:  # fmt: skip
     """The engine a configuration names, with real boto3 clients for Athena."""
     if settings.engine == "duckdb":
-        return DuckDBEngine(dict(settings.tables), fingerprint_bound=settings.fingerprint)
+        return DuckDBEngine(
+            dict(settings.tables),
+            fingerprint_bound=settings.fingerprint,
+            memory_limit=settings.duckdb_memory_limit,
+        )
     import boto3
     from botocore.config import Config
 
@@ -556,6 +565,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             rules_from(settings, allow_row_change=allow),
             source={"workgroup": settings.workgroup, "database": settings.database},
             force=force,
+            settings=stream_settings_from(settings),
         )
     except SnapshotInvalidError as exc:
         record_failure(store, exc, started_at=started_at, finished_at=datetime.now(UTC))

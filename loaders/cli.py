@@ -42,7 +42,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from loaders import ops_gc, ops_pointer, ops_status
-from loaders.build import Outcome, build, make_engine, make_store, record_failure, rules_from
+from loaders.build import (
+    Outcome,
+    build,
+    make_engine,
+    make_store,
+    record_failure,
+    rules_from,
+    stream_settings_from,
+)
 from loaders.errors import LoaderError, ObjectNotFoundError, PreconditionFailedError
 from loaders.manifest import (
     CHANGES_NAME,
@@ -176,6 +184,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress=TerminalProgress(),
             source={"sql_file": str(args.sql) if args.sql else None},
             force=args.force,
+            settings=stream_settings_from(settings),
         )
     except LoaderError as exc:
         record_failure(store, exc, started_at=started_at, finished_at=datetime.now(UTC))

@@ -30,6 +30,10 @@ DEFAULT_STORAGE = StorageBudget(
 DEFAULT_ATHENA_CONNECT_TIMEOUT_SECONDS = 5.0
 DEFAULT_ATHENA_READ_TIMEOUT_SECONDS = 30.0
 DEFAULT_ATHENA_MAX_ATTEMPTS = 6  # throttling is common; standard mode backs off between tries
+# DuckDB's memory limit in a build (DUCKDB_MEMORY_LIMIT): past it, sorts, joins and
+# aggregates spill to the build's temporary directory.
+DEFAULT_DUCKDB_MEMORY_LIMIT = "4GB"
+_MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # A Glue table as Athena names it: table, database.table or awsdatacatalog.database.table.
 _TABLE = re.compile(r"^[A-Za-z0-9_-]{1,255}(\.[A-Za-z0-9_-]{1,255}){0,2}$")
@@ -62,6 +66,7 @@ class BuildSettings:
     source_tables: tuple[str, ...] = ()
     fingerprint: FingerprintBound = DEFAULT_BOUND
     metrics_namespace: str = DEFAULT_NAMESPACE
+    duckdb_memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT
 
     @classmethod
     def from_env(
@@ -73,7 +78,9 @@ class BuildSettings:
         the S3 budget (see :func:`storage_from_env`) and ``ATHENA_CONNECT_TIMEOUT_SECONDS`` (5),
         ``ATHENA_READ_TIMEOUT_SECONDS`` (30) and ``ATHENA_MAX_ATTEMPTS`` (6, the first try
         included), and the source fingerprint's ``SOURCE_TABLES``, ``FINGERPRINT_MAX_OBJECTS``
-        and ``FINGERPRINT_MAX_SECONDS`` (see :func:`fingerprint_from_env`); ``overrides``
+        and ``FINGERPRINT_MAX_SECONDS`` (see :func:`fingerprint_from_env`), and
+        ``DUCKDB_MEMORY_LIMIT`` (4GB: DuckDB's limit while it checks, compares and sorts the
+        rows out of core, and runs the query of the duckdb engine); ``overrides``
         (non-None values, e.g. from command-line options) win.
 
         Raises
@@ -118,6 +125,9 @@ class BuildSettings:
             "source_tables": _source_tables(env.get("SOURCE_TABLES")),
             "fingerprint": fingerprint_from_env(env),
             "metrics_namespace": env.get("POWERTOOLS_METRICS_NAMESPACE") or DEFAULT_NAMESPACE,
+            "duckdb_memory_limit": (
+                env.get("DUCKDB_MEMORY_LIMIT", "").strip() or DEFAULT_DUCKDB_MEMORY_LIMIT
+            ),
         }  # fmt: skip
         if given:
             raise BuildConfigError(f"unknown settings: {sorted(given)}")
@@ -134,6 +144,10 @@ class BuildSettings:
             raise BuildConfigError("QUERY_SQL or QUERY_FILE is required (--sql FILE)")
         if self.engine not in ENGINES:
             raise BuildConfigError(f"ENGINE: {self.engine!r} is not one of {ENGINES}")
+        if not _MEMORY.fullmatch(self.duckdb_memory_limit):
+            raise BuildConfigError(
+                f"DUCKDB_MEMORY_LIMIT: {self.duckdb_memory_limit!r} is not a size such as 4GB"
+            )
         if not _NAME.fullmatch(self.key_column):
             raise BuildConfigError(f"KEY_COLUMN: {self.key_column!r} is not a column name")
         if self.engine == "athena":
