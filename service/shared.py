@@ -63,7 +63,7 @@ import pyarrow as pa
 
 from loaders.errors import SnapshotInvalidError
 from loaders.index import padded_keys
-from loaders.manifest import check_version
+from loaders.manifest import VERSION_PATTERN, check_version
 from loaders.snapshot import Snapshot, columns_of
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ _META_SHA256 = b"snapshot.sha256"
 _PADDED_KEYS = "__snapshot_padded_keys__"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(
-    r"^(?P<version>[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})"
+    rf"^(?P<version>{VERSION_PATTERN.pattern.strip('^$')})"
     r"(?:\.(?P<sha>[0-9a-f]{64})\.arrow(?P<temp>\.tmp-[A-Za-z0-9_]+)?|(?P<lock>\.lock))$"
 )
 logger = logging.getLogger(__name__)
@@ -265,7 +265,8 @@ class SharedSource:
         try:
             self._write(path, manifest, _for_copy(snapshot.table, manifest.key_column))
             mapped = _map(path, manifest)
-        except (_Unshared, _BadCopy, pa.ArrowException, OSError) as exc:
+        except (_Unshared, _BadCopy, pa.ArrowException, OSError, MemoryError) as exc:
+            # The decoded table is in hand: serving it beats failing the load.
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
             self._warn_private(manifest.version, _reason(exc))
@@ -416,7 +417,8 @@ class SharedSource:
     def _names(self) -> list[str]:
         """The names in the directory that this module writes (never anything else)."""
         try:
-            return [entry.name for entry in os.scandir(self.directory) if _NAME.match(entry.name)]
+            with os.scandir(self.directory) as entries:
+                return [entry.name for entry in entries if _NAME.match(entry.name)]
         except FileNotFoundError:
             return []
 
