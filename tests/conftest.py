@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,9 @@ from moto.server import ThreadedMotoServer
 
 from loaders.publish import publish_table
 from loaders.store import FileStore, ObjectStore, S3Store
+from service.cache import SnapshotCache
 from service.local_server import LocalContext
+from service.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,6 +30,8 @@ BUCKET = "snapshots-test"
 PREFIX = "customer-mapping"
 REGION = "us-east-1"
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+# Issue 11: every lookup test runs in both serving modes (see ``serve_mode``).
+SERVE_MODES = ("memory", "tiered")
 
 
 class FakeClock:
@@ -70,6 +75,40 @@ def small_table() -> pa.Table:
 def load_event(name: str) -> dict[str, Any]:
     """A fresh copy of a sample event from ``tests/events/`` (name without ``.json``)."""
     return copy.deepcopy(json.loads((EVENTS / f"{name}.json").read_text()))
+
+
+def _default(function: Any, name: str, value: object) -> tuple[str, object]:
+    """The ``__defaults__``/``__kwdefaults__`` attribute of ``function`` with ``name``'s
+    default set to ``value`` (a dataclass keeps its field defaults in ``__defaults__``)."""
+    kwdefaults = function.__kwdefaults__ or {}
+    if name in kwdefaults:
+        return "__kwdefaults__", {**kwdefaults, name: value}
+    params = list(inspect.signature(function).parameters.values())
+    with_defaults = [
+        p.name for p in params if p.default is not p.empty and p.kind != p.KEYWORD_ONLY
+    ]
+    defaults = list(function.__defaults__)
+    defaults[with_defaults.index(name)] = value
+    return "__defaults__", tuple(defaults)
+
+
+@pytest.fixture(params=SERVE_MODES)
+def serve_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Serve every lookup of the test in one mode; a test using this runs once per mode.
+
+    The one switch behind "every lookup test in both modes" (issue 11): it sets ``SERVE_MODE``
+    (read by ``Settings.from_env``, and inherited by the lookup processes tests start) and the
+    default of ``SnapshotCache(serve_mode=)`` and ``Settings(serve_mode=)``, so the fixtures
+    and tests that build a cache, a service or settings need no change. A lookup module opts
+    in with ``pytestmark = pytest.mark.usefixtures("serve_mode")``; a test that is memory-only
+    by nature narrows it with ``@pytest.mark.parametrize("serve_mode", ["memory"],
+    indirect=True)`` and says why.
+    """
+    mode: str = request.param
+    monkeypatch.setenv("SERVE_MODE", mode)
+    for function in (SnapshotCache.__init__, Settings.__init__):
+        monkeypatch.setattr(function, *_default(function, "serve_mode", mode))
+    return mode
 
 
 @pytest.fixture

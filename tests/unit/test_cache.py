@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from tests.conftest import FakeClock
     from tests.unit.conftest import InMemorySource
 
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
+
 KEY = "C000000001"
 NEW_KEY = "C000000009"
 
@@ -56,7 +59,7 @@ def test_first_get_reads_the_pointer_unconditionally(
 
 
 def test_status_block_describes_the_served_snapshot(
-    cache: SnapshotCache, wall_clock: FakeClock, published: str
+    cache: SnapshotCache, wall_clock: FakeClock, published: str, serve_mode: str
 ) -> None:
     wall_clock.advance(90.7)
 
@@ -66,6 +69,7 @@ def test_status_block_describes_the_served_snapshot(
         "age_seconds": 90,
         "stale": False,
         "checked_at": "2026-11-23T12:01:30Z",
+        "mode": serve_mode,
     }
 
 
@@ -235,6 +239,7 @@ def test_checksum_mismatch_is_logged_as_an_error(
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
     loaded: str,
+    serve_mode: str,
 ) -> None:
     bad = source.publish(customers([NEW_KEY]))
     source.corrupt(bad)
@@ -243,9 +248,13 @@ def test_checksum_mismatch_is_logged_as_an_error(
     cache.get()
 
     (message,) = logged(caplog, logging.ERROR)
-    assert message.startswith(f"snapshot rejected; serving {loaded}: snapshot {bad}: sha256")
+    what = "sha256" if serve_mode == "memory" else "block index: sha256"  # what each mode reads
+    assert message.startswith(f"snapshot rejected; serving {loaded}: snapshot {bad}: {what}")
 
 
+# Memory-only: data.parquet is what memory mode reads; a tiered reader never reads it (its
+# counterpart, an unreadable blocks.arrow, is in test_tiered_cache.py).
+@pytest.mark.parametrize("serve_mode", ["memory"], indirect=True)
 def test_unreadable_parquet_keeps_serving_the_last_snapshot(
     cache: SnapshotCache,
     source: InMemorySource,
@@ -268,13 +277,16 @@ def test_snapshot_with_unsorted_keys_is_rejected(
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
     loaded: str,
+    serve_mode: str,
 ) -> None:
     unsorted = pa.table({"customer_id": ["C000000009", "C000000005"]})
     source.publish(unsorted)
     clock.advance(TTL_SECONDS + 1)
 
     assert cache.get().snapshot["version"] == loaded
-    assert "unique and sorted" in logged(caplog, logging.ERROR)[0]
+    # Memory mode checks the whole key column; tiered mode, the block index's key ranges.
+    why = "unique and sorted" if serve_mode == "memory" else "not sorted and disjoint"
+    assert why in logged(caplog, logging.ERROR)[0]
 
 
 def test_rejected_version_is_not_downloaded_again_while_the_pointer_is_unchanged(

@@ -20,9 +20,13 @@ from tests.conftest import T0, customers
 from tests.unit.conftest import TTL_SECONDS, InMemorySource, make_cache
 
 if TYPE_CHECKING:
+    from loaders.blocks import BlockIndex
     from loaders.manifest import Manifest, Pointer
     from loaders.snapshot import Snapshot
     from tests.conftest import FakeClock
+
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
 
 KEY = "C000000001"
 NEW_KEY = "C000000009"
@@ -48,6 +52,10 @@ class SlowSource(InMemorySource):
     def read_data(self, manifest: Manifest) -> Snapshot:
         self._maybe_block()
         return super().read_data(manifest)
+
+    def read_block_index(self, manifest: Manifest) -> BlockIndex:  # a tiered load's read
+        self._maybe_block()
+        return super().read_block_index(manifest)
 
 
 @pytest.fixture
@@ -302,6 +310,9 @@ def _with_table_bytes(source: InMemorySource, version: str, table_bytes: int) ->
     source.blobs[version] = (replace(manifest, table_bytes=table_bytes), body)
 
 
+# Memory-only: a tiered reader holds the block index and a bounded LRU, not the table, so
+# there is nothing to refuse (test_tiered_cache.py: auto serves such a version tiered).
+@pytest.mark.parametrize("serve_mode", ["memory"], indirect=True)
 def test_version_that_cannot_fit_beside_the_current_one_is_refused_with_both_figures(
     source: InMemorySource,
     clock: FakeClock,

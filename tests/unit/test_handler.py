@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 import service.handler
+from loaders.blocks import BlockIndex
 from loaders.store import FileStore
 from service import routes
 from service.cache import SnapshotCache
@@ -29,11 +30,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
+
 MAX_KEYS = 3
 HIT = "C000000001"
 MISS = "C000000404"
 APIS = ["rest_v1", "http_v2"]
-SNAPSHOT_FIELDS = {"version", "created_at", "age_seconds", "stale", "checked_at"}
+SNAPSHOT_FIELDS = {"version", "created_at", "age_seconds", "stale", "checked_at", "mode"}
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -166,6 +170,7 @@ def test_sample_get_event_answers_200_with_item_and_snapshot(
     source: InMemorySource,
     small_table: pa.Table,
     name: str,
+    serve_mode: str,
 ) -> None:
     version = source.publish(small_table)
 
@@ -186,6 +191,7 @@ def test_sample_get_event_answers_200_with_item_and_snapshot(
             "age_seconds": 0,
             "stale": False,
             "checked_at": "2026-11-23T12:00:00Z",
+            "mode": serve_mode,
         },
     }
 
@@ -746,9 +752,10 @@ def reachable_strings(
 ) -> list[str]:
     """Every string reachable from ``root`` through containers and instance attributes.
 
-    Snapshot data (Arrow and numpy buffers), code, modules and classes are not walked: the table
-    legitimately holds every key, and the test is about request state, not the snapshot. Types in
-    ``ignore`` are not walked either (pytest's log capture holds every record on purpose).
+    Snapshot data (Arrow and numpy buffers, a tiered reader's block index), code, modules and
+    classes are not walked: the table legitimately holds every key, and the test is about
+    request state, not the snapshot. Types in ``ignore`` are not walked either (pytest's log
+    capture holds every record on purpose).
     """
     skip = (
         types.ModuleType,
@@ -760,6 +767,7 @@ def reachable_strings(
         pa.Array,
         pa.ChunkedArray,
         np.ndarray,
+        BlockIndex,  # a tiered reader's key ranges: snapshot data too
         io.IOBase,
         *ignore,
     )

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from service.handler import LookupFunction, Service, event_kind
 from service.local_server import LocalContext
 from service.settings import Settings
-from tests.conftest import T0, FakeClock, customers, load_event
+from tests.conftest import SERVE_MODES, T0, FakeClock, customers, load_event
 from tests.unit.conftest import KEY_COLUMN, InMemorySource, make_cache
 
 if TYPE_CHECKING:
@@ -55,12 +55,14 @@ def fuzz_settings(examples: int) -> settings:
     )
 
 
-@pytest.fixture(scope="module")
-def invoke() -> Callable[[object], Any]:
+# Built once per module and serving mode (issue 11: every lookup test in both modes), so the
+# mode is this fixture's own parameter rather than the function-scoped ``serve_mode``.
+@pytest.fixture(scope="module", params=SERVE_MODES)
+def invoke(request: pytest.FixtureRequest) -> Callable[[object], Any]:
     """The function over a small in-memory snapshot; the fake clocks never move."""
     source = InMemorySource()
     source.publish(customers([HIT, "C000000002", DASHED, "batch"]))
-    cache = make_cache(source, FakeClock(), FakeClock(T0.timestamp()))
+    cache = make_cache(source, FakeClock(), FakeClock(T0.timestamp()), serve_mode=request.param)
     settings_ = Settings("file:///unused", key_column=KEY_COLUMN, max_batch_keys=MAX_KEYS)
     function = LookupFunction(Service(settings_, cache))
     return lambda event_: function(event_, LocalContext())

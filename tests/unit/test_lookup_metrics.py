@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from tests.conftest import FakeClock
     from tests.unit.conftest import InMemorySource
 
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
+
 HIT = "C000000001"
 NAMESPACE = "CustomerLookupTest"
 

@@ -29,9 +29,13 @@ from tests.unit.conftest import TTL_SECONDS, InMemorySource, make_cache
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from loaders.blocks import BlockIndex
     from loaders.manifest import Manifest
     from loaders.snapshot import Snapshot
     from tests.conftest import FakeClock
+
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
 
 NEW_KEY = "C000000009"
 DEADLINE_MS = 2_000_000_000_000  # far ahead of the fake wall clock
@@ -164,7 +168,8 @@ def test_without_an_answer_before_the_deadline_no_check_runs(
 
 
 class _HeldSource(InMemorySource):
-    """Data reads block until ``release`` is set (a reload that takes a while)."""
+    """Data (and block index) reads block until ``release`` is set (a reload that takes a
+    while)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -172,11 +177,18 @@ class _HeldSource(InMemorySource):
         self.reading = threading.Event()
         self.hold = False
 
-    def read_data(self, manifest: Manifest) -> Snapshot:
+    def _held(self) -> None:
         if self.hold:
             self.reading.set()
             self.release.wait(10)
+
+    def read_data(self, manifest: Manifest) -> Snapshot:
+        self._held()
         return super().read_data(manifest)
+
+    def read_block_index(self, manifest: Manifest) -> BlockIndex:  # a tiered load's read
+        self._held()
+        return super().read_block_index(manifest)
 
 
 def test_a_reload_past_the_deadline_goes_on_after_the_extension_asks_again(
@@ -364,7 +376,7 @@ def test_wrapped_handler_tells_the_extension_even_when_it_raises(loaded: Snapsho
 
 
 class _SignallingSource(InMemorySource):
-    """Sets ``downloaded`` after every data read."""
+    """Sets ``downloaded`` after every data (or block index) read."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -374,6 +386,11 @@ class _SignallingSource(InMemorySource):
         snapshot = super().read_data(manifest)
         self.downloaded.set()
         return snapshot
+
+    def read_block_index(self, manifest: Manifest) -> BlockIndex:  # a tiered load's read
+        blocks = super().read_block_index(manifest)
+        self.downloaded.set()
+        return blocks
 
 
 def test_timer_loads_a_new_version_with_no_request_at_all(

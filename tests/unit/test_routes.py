@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from service.cache import SnapshotCache
     from tests.unit.conftest import InMemorySource
 
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
+
 MAX_KEYS = 3
 HIT = "C000000002"
 

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from loaders.manifest import Pointer
     from tests.conftest import FakeClock
 
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
+
 NEW_KEY = "C000000009"
 
 
