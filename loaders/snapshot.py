@@ -34,6 +34,7 @@ from loaders.manifest import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from datetime import datetime
 
     from loaders.blocks import BlockIndex
@@ -56,8 +57,37 @@ class Snapshot:
 
 
 def _examples(values: pa.Array | pa.ChunkedArray) -> str:
-    shown = [repr(v) for v in values.slice(0, MAX_EXAMPLES).to_pylist()]
-    return ", ".join(shown)
+    return examples_text(values.slice(0, MAX_EXAMPLES).to_pylist())
+
+
+def examples_text(values: Sequence[object]) -> str:
+    """Up to :data:`MAX_EXAMPLES` values as a problem line quotes them."""
+    return ", ".join(repr(v) for v in values[:MAX_EXAMPLES])
+
+
+# The key rules' problem lines, whoever counts (Arrow here, DuckDB in loaders.stream).
+NO_ROWS = "table has no rows"
+
+
+def key_type_problem(key_column: str, key_type: pa.DataType) -> str | None:
+    """Why a key column of ``key_type`` cannot be served, or None for a string column."""
+    if pa.types.is_string(key_type) or pa.types.is_large_string(key_type):
+        return None
+    return f"key column {key_column!r} must be a string, not {key_type}"
+
+
+def key_problems(
+    *, nulls: int, empty: int, duplicates: int, duplicate_examples: Sequence[object]
+) -> list[str]:
+    """The problem lines of keys counted null, empty and duplicated (examples in key order)."""
+    problems = []
+    if nulls:
+        problems.append(f"{nulls} null keys")
+    if empty:
+        problems.append(f"{empty} empty keys")
+    if duplicates:
+        problems.append(f"{duplicates} duplicate keys, e.g. {examples_text(duplicate_examples)}")
+    return problems
 
 
 def check_keys(table: pa.Table, key_column: str) -> None:
@@ -77,24 +107,23 @@ def check_keys(table: pa.Table, key_column: str) -> None:
             f"key column {key_column!r} is missing", (f"columns are {table.column_names}",)
         )
     keys = table.column(key_column)
-    if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
-        raise SnapshotInvalidError(f"key column {key_column!r} must be a string, not {keys.type}")
+    if (wrong_type := key_type_problem(key_column, keys.type)) is not None:
+        raise SnapshotInvalidError(wrong_type)
     if table.num_rows == 0:
-        raise SnapshotInvalidError("table has no rows")
-    problems: list[str] = []
-    nulls = keys.null_count
-    if nulls:
-        problems.append(f"{nulls} null keys")
+        raise SnapshotInvalidError(NO_ROWS)
     import pyarrow.compute as pc  # the builder's checks: a reader never imports it for them
 
+    nulls = keys.null_count
     keys = keys.drop_null()
-    empty = pc.equal(pc.utf8_length(keys), 0)
-    if (n_empty := pc.sum(empty).as_py() or 0) > 0:
-        problems.append(f"{n_empty} empty keys")
+    empty = pc.sum(pc.equal(pc.utf8_length(keys), 0)).as_py() or 0
     counts = pc.value_counts(keys)
     dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
-    if len(dupes):
-        problems.append(f"{len(dupes)} duplicate keys, e.g. {_examples(dupes)}")
+    problems = key_problems(
+        nulls=nulls,
+        empty=empty,
+        duplicates=len(dupes),
+        duplicate_examples=dupes.slice(0, MAX_EXAMPLES).to_pylist(),
+    )
     if len(keys) > 1 and not problems:
         previous, following = keys.slice(0, len(keys) - 1), keys.slice(1)
         out_of_order = pc.less(following, previous)

@@ -43,8 +43,23 @@ from loaders.manifest import (
     read_manifest,
     snapshot_key,
 )
-from loaders.snapshot import DICTIONARY_MAX_RATIO, MAX_EXAMPLES, check_columns, value_type
-from loaders.validate import Changes, Rules, conform, conform_types, row_count_problems
+from loaders.snapshot import (
+    DICTIONARY_MAX_RATIO,
+    MAX_EXAMPLES,
+    NO_ROWS,
+    check_columns,
+    key_problems,
+    key_type_problem,
+    value_type,
+)
+from loaders.validate import (
+    Changes,
+    Rules,
+    conform,
+    conform_types,
+    key_format_problems,
+    row_count_problems,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -98,10 +113,6 @@ def _name(column: str) -> str:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _examples(values: list[Any]) -> str:
-    return ", ".join(repr(v) for v in values[:MAX_EXAMPLES])
 
 
 class StagedResult:
@@ -218,43 +229,46 @@ def _scanning_cast(staged: StagedResult) -> Callable[[str, pa.DataType], None]:
 
 
 def _key_problems(staged: StagedResult, rules: Rules, key_type: pa.DataType) -> list[str]:
-    """The key rules of ``check_keys`` and ``check_key_format``, counted by DuckDB."""
+    """The key rules of ``check_keys`` and ``check_key_format``, counted by DuckDB.
+
+    Examples come in key order, as the in-memory checks find them in the sorted table.
+    """
     key = _name(rules.key_column)
     problems: list[str] = []
-    if not (pa.types.is_string(key_type) or pa.types.is_large_string(key_type)):
-        problems.append(f"key column {rules.key_column!r} must be a string, not {key_type}")
+    if (wrong_type := key_type_problem(rules.key_column, key_type)) is not None:
+        problems.append(wrong_type)
     elif staged.row_count == 0:
-        problems.append("table has no rows")
+        problems.append(NO_ROWS)
     else:
         nulls, empty = staged.sql(
             f"SELECT count(*) FILTER (WHERE {key} IS NULL), count(*) FILTER (WHERE {key} = '') "
             "FROM staged"
         )[0]
-        if nulls:
-            problems.append(f"{nulls} null keys")
-        if empty:
-            problems.append(f"{empty} empty keys")
-        # Examples in key order, as check_keys finds them in the sorted table.
         staged.sql(
             f"CREATE OR REPLACE TEMP TABLE duplicates AS SELECT {key} AS k FROM staged "
             f"WHERE {key} IS NOT NULL GROUP BY {key} HAVING count(*) > 1"
         )
-        (count,) = staged.sql("SELECT count(*) FROM duplicates")[0]
-        if count:
-            shown = staged.sql(f"SELECT k FROM duplicates ORDER BY k LIMIT {MAX_EXAMPLES}")
-            examples = [row[0] for row in shown]
-            problems.append(f"{count} duplicate keys, e.g. {_examples(examples)}")
+        (duplicates,) = staged.sql("SELECT count(*) FROM duplicates")[0]
+        shown = staged.sql(f"SELECT k FROM duplicates ORDER BY k LIMIT {MAX_EXAMPLES}")
         staged.sql("DROP TABLE duplicates")
+        problems += key_problems(
+            nulls=nulls,
+            empty=empty,
+            duplicates=duplicates,
+            duplicate_examples=[row[0] for row in shown],
+        )
     if pa.types.is_string(value_type(key_type)) and staged.row_count:
         # RE2 in both: regexp_matches searches as Arrow's match_substring_regex does.
         outside = f"{key} IS NOT NULL AND NOT regexp_matches({key}, {_literal(rules.key_format)})"
         (count,) = staged.sql(f"SELECT count(*) FROM staged WHERE {outside}")[0]
-        if count:
-            shown = staged.sql(
+        shown = (
+            staged.sql(
                 f"SELECT {key} FROM staged WHERE {outside} ORDER BY {key} LIMIT {MAX_EXAMPLES}"
             )
-            examples = [row[0] for row in shown]
-            problems.append(f"{count} keys outside {rules.key_format}, e.g. {_examples(examples)}")
+            if count
+            else []
+        )
+        problems += key_format_problems(count, rules.key_format, [row[0] for row in shown])
     return problems
 
 

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from loaders.errors import SnapshotInvalidError
 from loaders.index import is_list_like, list_bounds
 from loaders.manifest import Column
-from loaders.snapshot import MAX_EXAMPLES, check_keys, sort_by_key, value_type
+from loaders.snapshot import MAX_EXAMPLES, check_keys, examples_text, sort_by_key, value_type
 
 if TYPE_CHECKING:
     from loaders.manifest import Manifest
@@ -74,10 +74,6 @@ class Changes:
             "type_changed": self.retyped,
             "examples": self.examples,
         }
-
-
-def _examples(values: pa.Array | pa.ChunkedArray) -> str:
-    return ", ".join(repr(v) for v in values.slice(0, MAX_EXAMPLES).to_pylist())
 
 
 def parse_contract(text: str) -> tuple[Column, ...]:
@@ -197,9 +193,16 @@ def check_key_format(table: pa.Table, rules: Rules) -> list[str]:
     if not pa.types.is_string(value_type(keys.type)):
         return []  # check_keys already reports a key column that is not strings
     bad = pc.invert(pc.match_substring_regex(keys, rules.key_format))
-    if count := pc.sum(bad).as_py() or 0:
-        return [f"{count} keys outside {rules.key_format}, e.g. {_examples(pc.filter(keys, bad))}"]
-    return []
+    count = pc.sum(bad).as_py() or 0
+    examples = pc.filter(keys, bad).slice(0, MAX_EXAMPLES).to_pylist() if count else []
+    return key_format_problems(count, rules.key_format, examples)
+
+
+def key_format_problems(count: int, key_format: str, examples: Sequence[object]) -> list[str]:
+    """The problem line of ``count`` keys outside ``key_format`` (examples in key order)."""
+    if not count:
+        return []
+    return [f"{count} keys outside {key_format}, e.g. {examples_text(examples)}"]
 
 
 def check_row_count(table: pa.Table, rules: Rules, previous: Manifest | None) -> list[str]:
