@@ -32,6 +32,9 @@ REGION = "us-east-1"
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 # Issue 11: every lookup test runs in both serving modes (see ``serve_mode``).
 SERVE_MODES = ("memory", "tiered")
+# What loading a version downloads after its manifest, by mode: the whole table, or only the
+# block index (blocks.bin is read by range as lookups need it).
+LOADED_NAME = {"memory": "data.parquet", "tiered": "blocks.arrow"}
 
 
 class FakeClock:
@@ -109,6 +112,12 @@ def serve_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     for function in (SnapshotCache.__init__, Settings.__init__):
         monkeypatch.setattr(function, *_default(function, "serve_mode", mode))
     return mode
+
+
+@pytest.fixture
+def loaded_name(serve_mode: str) -> str:
+    """The object a load downloads after the manifest in this test's mode (``LOADED_NAME``)."""
+    return LOADED_NAME[serve_mode]
 
 
 @pytest.fixture

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # 100 rows: low-cardinality columns (segment, region, tier) are stored dictionary-encoded.
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
+
 IDS = [f"C{i:09d}" for i in range(1, 101)]
 HIT = "C000000002"
 HIT_ITEM = {
@@ -126,10 +129,13 @@ def test_get_known_customer_answers_200_with_item(server: LocalServer) -> None:
     assert answer.body["item"] == HIT_ITEM
 
 
-def test_get_known_customer_answers_with_snapshot_block(server: LocalServer) -> None:
+def test_get_known_customer_answers_with_snapshot_block(
+    server: LocalServer, serve_mode: str
+) -> None:
     snapshot = call(server, "GET", f"/customers/{HIT}").body["snapshot"]
 
-    assert set(snapshot) == {"version", "created_at", "age_seconds", "stale", "checked_at"}
+    assert set(snapshot) == {"version", "created_at", "age_seconds", "stale", "checked_at", "mode"}
+    assert snapshot["mode"] == serve_mode
     assert snapshot["version"].startswith("20261123T120000Z-")
     assert snapshot["created_at"] == "2026-11-23T12:00:00Z"
     assert isinstance(snapshot["age_seconds"], int)

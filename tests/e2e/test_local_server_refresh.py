@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.request import urlopen
 
+import pytest
+
 from tests.conftest import customers, publish
 
 if TYPE_CHECKING:
     from loaders.store import FileStore
+
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 30

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # Short, so that the stalled-client tests finish quickly; they wait on sockets, never sleep.
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
+
 TIMEOUT_SECONDS = 0.2
 
 

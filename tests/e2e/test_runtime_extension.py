@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
     from tests.lambda_runtime_fake import LambdaRuntimeFake
 
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
+
 KEY = "C000000001"
 V1_IDS = [KEY, "C000000002"]
 V2_IDS = [KEY, "C000000002", "C000000003"]
@@ -33,10 +36,11 @@ WAIT_SECONDS = 30
 
 
 class HeldData:
-    """Turns one version's data file into a named pipe; :meth:`release` feeds it."""
+    """Turns what loading one version reads after its manifest (``name``: the data file, or
+    the block index in tiered mode) into a named pipe; :meth:`release` feeds it."""
 
-    def __init__(self, store: FileStore, version: str) -> None:
-        self.path = store.root / snapshot_key(version, DATA_NAME)
+    def __init__(self, store: FileStore, version: str, name: str = DATA_NAME) -> None:
+        self.path = store.root / snapshot_key(version, name)
         self.body = self.path.read_bytes()
         self.path.unlink()
         os.mkfifo(self.path)
@@ -116,7 +120,7 @@ def test_extension_registers_at_init_and_the_environment_freezes_between_invocat
 
 
 def test_reload_runs_after_the_response_and_the_next_invocation_serves_the_new_version(
-    store: FileStore, log_path: Path
+    store: FileStore, log_path: Path, loaded_name: str
 ) -> None:
     v1 = publish(store, customers(V1_IDS))
     # TTL 0: every invocation makes a check due; the extension runs it after the response.
@@ -124,7 +128,7 @@ def test_reload_runs_after_the_response_and_the_next_invocation_serves_the_new_v
         _initialized(fake)
         assert _version(fake.invoke({"customer_id": KEY}, WAIT_SECONDS)) == v1
         v2 = publish(store, customers(V2_IDS))  # the environment is frozen meanwhile
-        held = HeldData(store, v2)
+        held = HeldData(store, v2, loaded_name)
 
         made_due = fake.submit({"customer_id": KEY})
         answer = made_due.result(WAIT_SECONDS)
@@ -142,7 +146,9 @@ def test_reload_runs_after_the_response_and_the_next_invocation_serves_the_new_v
         assert following.dispatched_at >= made_due.released_at
 
 
-def test_a_held_reload_never_holds_a_response(store: FileStore, log_path: Path) -> None:
+def test_a_held_reload_never_holds_a_response(
+    store: FileStore, log_path: Path, loaded_name: str
+) -> None:
     v1 = publish(store, customers(V1_IDS))
     # A check started by the request would hold it up to REFRESH_WAIT_SECONDS: 60 s here, far
     # past the 10 s this test gives each response while the reload is held.
@@ -151,7 +157,7 @@ def test_a_held_reload_never_holds_a_response(store: FileStore, log_path: Path) 
         _initialized(fake)
         fake.invoke({"customer_id": KEY}, WAIT_SECONDS)
         v2 = publish(store, customers(V2_IDS))
-        held = HeldData(store, v2)
+        held = HeldData(store, v2, loaded_name)
 
         answered = [fake.submit({"customer_id": KEY}).result(10)]
         assert held.reader_waiting.wait(WAIT_SECONDS)

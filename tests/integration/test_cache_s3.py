@@ -25,6 +25,9 @@ from service.settings import Settings
 from tests.conftest import BUCKET, PREFIX, REGION, T0, FakeClock, customers, publish
 from tests.integration.rawstore import flip_bytes, raw_read, raw_write
 
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
+
 TTL_SECONDS = 300.0
 LOGGER_NAME = "tests.integration.cache"
 V1_IDS = ["C000000001", "C000000002", "C000000003"]
@@ -105,9 +108,10 @@ def v1(publisher: S3Store, cache: SnapshotCache) -> str:
     return version
 
 
-def _publish_corrupt_v2(publisher: S3Store) -> str:
+def _publish_corrupt_v2(publisher: S3Store, loaded_name: str) -> str:
+    """Publish v2 with a byte flipped in what a load in this mode downloads."""
     version = publish(publisher, customers(V2_IDS, segment="enterprise"), T0 + timedelta(hours=1))
-    key = snapshot_key(version, "data.parquet")
+    key = snapshot_key(version, loaded_name)
     raw_write(publisher, key, flip_bytes(raw_read(publisher, key)))
     return version
 
@@ -116,7 +120,7 @@ def _publish_corrupt_v2(publisher: S3Store) -> str:
 
 
 def test_first_load_reads_pointer_then_manifest_then_data(
-    publisher: S3Store, cache: SnapshotCache, traffic: S3Traffic
+    publisher: S3Store, cache: SnapshotCache, traffic: S3Traffic, loaded_name: str
 ) -> None:
     version = publish(publisher, customers(V1_IDS))
 
@@ -125,15 +129,15 @@ def test_first_load_reads_pointer_then_manifest_then_data(
     assert traffic.requests == [
         ("GetObject", "CURRENT", None),
         ("GetObject", f"snapshots/{version}/manifest.json", None),
-        ("GetObject", f"snapshots/{version}/data.parquet", None),
+        ("GetObject", f"snapshots/{version}/{loaded_name}", None),
     ]
 
 
 def test_first_load_downloads_each_object_once(
-    publisher: S3Store, cache: SnapshotCache, traffic: S3Traffic
+    publisher: S3Store, cache: SnapshotCache, traffic: S3Traffic, loaded_name: str
 ) -> None:
     version = publish(publisher, customers(V1_IDS))
-    keys = ["CURRENT", *(snapshot_key(version, name) for name in ("manifest.json", "data.parquet"))]
+    keys = ["CURRENT", *(snapshot_key(version, name) for name in ("manifest.json", loaded_name))]
     sizes = [len(raw_read(publisher, key)) for key in keys]
 
     cache.get()
@@ -199,9 +203,9 @@ def test_new_version_is_served_after_ttl(
 
 
 def test_corrupt_new_snapshot_keeps_serving_the_previous_one(
-    v1: str, publisher: S3Store, cache: SnapshotCache, clock: FakeClock
+    v1: str, publisher: S3Store, cache: SnapshotCache, clock: FakeClock, loaded_name: str
 ) -> None:
-    _publish_corrupt_v2(publisher)
+    _publish_corrupt_v2(publisher, loaded_name)
     clock.advance(TTL_SECONDS + 1)
 
     serving = cache.get()
@@ -218,8 +222,9 @@ def test_corrupt_new_snapshot_is_logged_as_rejected(
     cache: SnapshotCache,
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
+    loaded_name: str,
 ) -> None:
-    v2 = _publish_corrupt_v2(publisher)
+    v2 = _publish_corrupt_v2(publisher, loaded_name)
     clock.advance(TTL_SECONDS + 1)
 
     with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
@@ -229,13 +234,19 @@ def test_corrupt_new_snapshot_is_logged_as_rejected(
     assert len(errors) == 1
     assert "snapshot rejected" in errors[0]
     assert f"serving {v1}" in errors[0]
-    assert f"snapshot {v2}: sha256 mismatch" in errors[0]
+    what = "" if loaded_name == "data.parquet" else "block index: "
+    assert f"snapshot {v2}: {what}sha256 mismatch" in errors[0]
 
 
 def test_rejected_pointer_costs_one_conditional_get_per_ttl(
-    v1: str, publisher: S3Store, cache: SnapshotCache, clock: FakeClock, traffic: S3Traffic
+    v1: str,
+    publisher: S3Store,
+    cache: SnapshotCache,
+    clock: FakeClock,
+    traffic: S3Traffic,
+    loaded_name: str,
 ) -> None:
-    _publish_corrupt_v2(publisher)
+    _publish_corrupt_v2(publisher, loaded_name)
     clock.advance(TTL_SECONDS + 1)
     cache.get()
     rejected_etag = publisher.get("CURRENT").etag
@@ -249,9 +260,9 @@ def test_rejected_pointer_costs_one_conditional_get_per_ttl(
 
 
 def test_good_snapshot_after_a_rejected_one_is_served(
-    v1: str, publisher: S3Store, cache: SnapshotCache, clock: FakeClock
+    v1: str, publisher: S3Store, cache: SnapshotCache, clock: FakeClock, loaded_name: str
 ) -> None:
-    _publish_corrupt_v2(publisher)
+    _publish_corrupt_v2(publisher, loaded_name)
     clock.advance(TTL_SECONDS + 1)
     cache.get()
     v3 = publish(publisher, customers(["C000000007"]), T0 + timedelta(hours=2))

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
     from service.cache import SnapshotCache
 
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
+
 V1_IDS = ["C000000001", "C000000002"]
 V2_IDS = ["C000000001", "C000000003"]
 
