@@ -55,7 +55,8 @@ _BOOT = (
     "sys.meta_path.insert(0, NoPandas())\n"
     "sys.path.insert(0, sys.argv[1])\n"
     "from scripts import bench_shared\n"
-    "print(json.dumps(bench_shared.child(json.loads(sys.argv[2]))), flush=True)\n"
+    "job = json.loads(sys.argv[2])\n"
+    "print(json.dumps(getattr(bench_shared, job['run'])(job)), flush=True)\n"
     "sys.stdin.read()\n"
 )
 
@@ -154,6 +155,51 @@ def _touch_every_page(table: Any) -> int:
     return pages
 
 
+def child_breakdown(job: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh interpreter: the writer's steps one by one, wall and CPU seconds, each
+    repeated ``job["repeats"]`` times (decode, the copy's table, write, fsync, map)."""
+    import pyarrow as pa
+
+    from loaders.snapshot import SnapshotReader
+    from loaders.store import FileStore
+    from service import shared
+    from service.memory import lookup_memory_pool, pin_mmap_threshold
+
+    pa.set_memory_pool(lookup_memory_pool())
+    pin_mmap_threshold()
+    reader = SnapshotReader(FileStore(job["root"]))
+    manifest = reader.read_manifest(VERSION)
+    path = Path(job["share_dir"]) / "breakdown.arrow"
+    steps: dict[str, list[tuple[float, float]]] = {}
+
+    def timed(step: str, work: Any, *args: Any) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = work(*args)
+        steps.setdefault(step, []).append((time.perf_counter() - wall, time.process_time() - cpu))
+        return out
+
+    def write(table: pa.Table) -> None:
+        with pa.OSFile(str(path), "wb") as out, pa.ipc.new_file(out, table.schema) as writer:
+            writer.write_table(table)
+
+    def map_copy() -> pa.Table:
+        with pa.memory_map(str(path)) as mapped:
+            return pa.ipc.open_file(mapped).read_all()
+
+    for _ in range(job["repeats"]):
+        snapshot = timed("decode", reader.read_data, manifest)
+        table = timed("copy table", shared._for_copy, snapshot.table, KEY)
+        timed("write", write, table)
+        timed("fsync", shared._fsync, path)
+        timed("map", map_copy)
+        path.unlink()
+        del snapshot, table
+    return {
+        step: [statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)]
+        for step, runs in steps.items()
+    }
+
+
 def _memory_kb(pid: int) -> dict[str, int]:
     """Rss, Pss, Pss_Anon and Pss_File of one process, in kB (Linux smaps_rollup)."""
     figures = {}
@@ -190,8 +236,9 @@ def run_round(
     The first starts alone (shared: it writes the copy), the others once it is ready; with
     ``together``, all at once (shared: one writes, the others wait on its lock, then map).
     """
+    directory = None if share_dir is None else str(share_dir)
     jobs = [
-        {"root": str(root), "share_dir": None if share_dir is None else str(share_dir), "seed": i}
+        {"run": "child", "root": str(root), "share_dir": directory, "seed": i}
         for i in range(processes)
     ]
     children = [_start(jobs[0])]
@@ -328,6 +375,35 @@ def _is_tmpfs(path: Path) -> bool:
     return best[1] == "tmpfs"
 
 
+def _print_breakdown(root: Path, args: argparse.Namespace) -> int:
+    share_dir = Path(tempfile.mkdtemp(prefix="bench-share-", dir=args.share_root))
+    try:
+        process = _start(
+            {"run": "child_breakdown", "root": str(root), "share_dir": str(share_dir),
+             "repeats": args.breakdown}
+        )  # fmt: skip
+        steps = _ready(process)
+        process.communicate()
+    finally:
+        shutil.rmtree(share_dir, ignore_errors=True)
+    lines = [
+        f"Writer's steps at {args.rows:,} rows ({args.keys}-width keys), medians of "
+        f"{args.breakdown} in one fresh process without pandas:",
+        "",
+        f"    {' '.join(['python', *sys.argv])}",
+        "",
+        "| step | wall, s | CPU, s |",
+        "|---|---:|---:|",
+        *(f"| {step} | {wall:.3f} | {cpu:.3f} |" for step, (wall, cpu) in steps.items()),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -339,11 +415,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--together", action="store_true", help="start all processes at once (default: first alone)"
     )
+    parser.add_argument(
+        "--breakdown",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: the writer's steps, N times each in one fresh process (medians)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.processes < 2:
         parser.error("--processes must be at least 2")
     root = snapshot_root(args.rows, args.cache, keys=args.keys)
+    if args.breakdown:
+        return _print_breakdown(root, args)
     rounds: dict[str, list[dict[str, Any]]] = {"private": [], "shared": []}
     table_mb = 0.0
     for i in range(args.rounds):
