@@ -33,6 +33,9 @@ process's lock is bounded (``lock_wait_seconds``, on the injected clock).
 
 After a version maps, the files of every other version are removed: unlinking a mapped file is
 safe on Linux (mappings keep the pages), so processes still serving an older version keep it.
+A version whose lock is held (being written) is left for a later sweep. A process that loads
+an older version (a rollback, a degraded fallback) removes the newer copy the same way; the
+processes serving it keep their mappings, and the next to load it writes it again.
 
 Sharing never costs an answer. A full or over-budget directory (``max_bytes``, by default half
 the file system), a lock held past the wait, or any other ``OSError`` falls back to a private

@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import threading
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -22,8 +23,8 @@ import pytest
 from loaders.errors import SnapshotInvalidError
 from loaders.index import KeyIndex
 from service.shared import SharedSource, data_file_name
-from tests.conftest import FakeClock, customers
-from tests.unit.conftest import InMemorySource
+from tests.conftest import T0, FakeClock, customers
+from tests.unit.conftest import TTL_SECONDS, InMemorySource, make_cache
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -491,3 +492,53 @@ def test_bad_version_or_sha_never_reaches_a_path(
 def test_negative_budget_is_refused(source: CountingSource, share_dir: Path) -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         SharedSource(source, share_dir, max_bytes=-1)
+
+
+def test_lock_file_swept_between_open_and_flock_is_not_trusted(
+    source: CountingSource, share_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = manifest_of(source, customers(IDS))
+    lock = share_dir / f"{manifest.version}.lock"
+    real_flock = fcntl.flock
+    swept: list[int] = []
+
+    def flock_after_a_sweep(fd: int, operation: int) -> None:
+        # The first time: another process removes the lock file (a sweep) and a third makes
+        # a new one, after this process opened the old one and before it locks it.
+        if not swept and lock.exists():
+            swept.append(os.fstat(fd).st_ino)
+            lock.unlink()
+            lock.touch()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_sweep)
+    share = shared(source, share_dir)
+    share_dir.mkdir(mode=0o700)
+    with share._locked(manifest.version):
+        # What this process holds is the file at the path, not the removed one.
+        other = os.open(lock, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+    assert swept
+    assert lock.stat().st_ino != swept[0]
+
+
+def test_caches_in_two_processes_share_one_copy_and_follow_the_pointer(
+    source: CountingSource, share_dir: Path, clock: FakeClock, wall_clock: FakeClock
+) -> None:
+    first = source.publish(customers(IDS))
+    caches = [make_cache(shared(source, share_dir), clock, wall_clock) for _ in range(2)]
+    assert [c.get().index.get("C000000002")["customer_id"] for c in caches] == ["C000000002"] * 2
+
+    second = source.publish(customers(["C000000007"]), created_at=T0 + timedelta(seconds=60))
+    clock.advance(TTL_SECONDS + 1)
+    wall_clock.advance(120)
+    answers = [c.get().index.get("C000000007") for c in caches]
+
+    assert [c.version for c in caches] == [second, second]
+    assert all(answer["customer_id"] == "C000000007" for answer in answers)
+    assert source.data_reads == [first, second]
+    assert not any(name.startswith(first) for name in files(share_dir))
