@@ -279,7 +279,7 @@ def moto_reads_ranges() -> Iterator[None]:
 
     moto 5 answers one by reading the whole object and slicing it
     (``moto/s3/responses.py``: ``get_object`` returns ``key.value``, then
-    ``_handle_range_header`` slices): at 10M rows every 87 KB block read copied the 212 MB
+    ``_handle_range_header`` slices): at 10M rows every 87 KiB block read copied the 212 MB
     ``blocks.bin``, took longer than the S3 read timeout, and measured moto, not the reader.
     Bench only, in this process (the server's): any other request goes to moto unchanged.
     """
@@ -648,6 +648,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         raw[mode].append(_in_fresh_interpreter("measure", job, "bench_tiered"))
                 figures[store] = {mode: _summary(raw[mode]) for mode in args.modes}
                 results["sizes"][str(rows)] = figures
+                results["measured_at"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
                 # So far, so that a long run that fails late keeps what it measured.
                 (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -662,8 +663,8 @@ def _size_lines(rows: str, stores: dict[str, Any]) -> list[str]:
         f"## {int(rows):,} rows",
         "",
         "| store | mode | load s | RSS imports / after load / peak load MB | RSS end MB "
-        "| hot p50 / p99 µs | cold p50 / p99 µs | cold: requests, KB | batch of 100 cold "
-        "p50 / p99 ms | batch: requests, KB | batch warm p50 µs | load: requests, MB "
+        "| hot p50 / p99 µs | cold p50 / p99 µs | cold: requests, KiB | batch of 100 cold "
+        "p50 / p99 ms | batch: requests, KiB | batch warm p50 µs | load: requests, MB "
         "| 503s | load average |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -697,7 +698,7 @@ def _tiered_line(store: str, fig: dict[str, Any]) -> str:
     small = fig["cold_requests_max"] == 1 and fig["cold_kb_max"] * 1024 <= GOAL_READ_BYTES
     return (
         f"- {store}, tiered: {fig['blocks']:,} blocks (index {fig['block_index_mb']} MB held), "
-        f"a block {fig['block_kb_mean']} KB read, {fig['decoded_block_mb_mean']} MB decoded; "
+        f"a block {fig['block_kb_mean']} KiB read, {fig['decoded_block_mb_mean']} MB decoded; "
         f"one cold read = ranged read p50 {fig['read_p50_ms']} ms (p99 {fig['read_p99_ms']}) "
         f"+ sha256, decode and key index p50 {fig['decode_p50_ms']} ms "
         f"(p99 {fig['decode_p99_ms']}); a batch of 100 random keys touched "
@@ -706,8 +707,8 @@ def _tiered_line(store: str, fig: dict[str, Any]) -> str:
         f"{fig['peak_run_mb']} MB (goal ≤ {GOAL_RSS_MB}: "
         f"{_met(fig['peak_run_mb'] <= GOAL_RSS_MB)}); hot p50 {fig['hot_p50_us']} µs "
         f"(goal ≤ {GOAL_HOT_P50_US}: {_met(fig['hot_p50_us'] <= GOAL_HOT_P50_US)}); largest "
-        f"cold read {fig['cold_kb_max']} KB in {fig['cold_requests_max']} request(s) "
-        f"(goal 1 of ≤ {GOAL_READ_BYTES // 1024} KB: {_met(small)})."
+        f"cold read {fig['cold_kb_max']} KiB in {fig['cold_requests_max']} request(s) "
+        f"(goal 1 of ≤ {GOAL_READ_BYTES // 1024} KiB: {_met(small)})."
     )
 
 
@@ -715,8 +716,8 @@ def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
     lines = [
         "# Serving modes: memory and tiered",
         "",
-        f"`{command}` on {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} "
-        f"UTC. `TIERED_CACHE_MB={results['cache_mb']}`, `TIERED_FETCH_WORKERS="
+        f"`{command}` on {os.cpu_count()} cores, {results['measured_at']} UTC."
+        f" `TIERED_CACHE_MB={results['cache_mb']}`, `TIERED_FETCH_WORKERS="
         f"{results['workers']}`. Each figure is the median over fresh pandas-free interpreters "
         "(`runs` in results.json), each built with `build_service` as Lambda builds it; "
         "percentiles are taken within a run. RSS is the whole process's (imports included); "
@@ -772,7 +773,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     results = run(args)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    # As typed: through scripts/bench.py (which hands over its arguments) or this script.
+    command = " ".join(["python", f"scripts/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     write_markdown(results, args.out / "results.md", command)
     print((args.out / "results.md").read_text())
     return 0
