@@ -484,7 +484,7 @@ class SnapshotCache:
                 self._tiered_fetch_workers, thread_name_prefix="block-read"
             )
         source = self._source
-        return TieredIndex(
+        tiered = TieredIndex(
             manifest,
             blocks,
             lambda number: source.read_block(manifest, blocks, number),
@@ -494,6 +494,10 @@ class SnapshotCache:
             wait_seconds=self._refresh_wait_seconds,
             metrics=self._metrics,
         )
+        # One block read at load: blocks that disagree with the manifest reject the version
+        # here (stale-on-error), as a memory load rejects bad data, not in every request.
+        tiered.check_first_block()
+        return tiered
 
     def _admit(self, manifest: Manifest) -> str:
         """Refuse a version before downloading it: empty, wrong key, from the future, too big.

@@ -108,6 +108,27 @@ class TieredIndex:
         """How many decoded blocks the LRU holds."""
         return len(self._cache)
 
+    def check_first_block(self) -> None:
+        """Read, verify and cache the first block now, before this version serves.
+
+        The block index says where the blocks are, not what they hold. A version whose blocks
+        disagree with its manifest (columns, rows, keys) would otherwise load and then fail
+        every lookup with a 503; memory mode finds that when it decodes the data, and so does
+        this, at the same point: the version is rejected and the last good one keeps serving.
+
+        Raises
+        ------
+        SnapshotInvalidError
+            If the block does not verify or decode as the index and manifest say.
+        StoreError
+            If it cannot be read.
+        """
+        body = self._read_block(0)
+        block = decode_block(self.manifest, self.blocks, 0, body)
+        self._count_read(len(body))
+        with self._lock:
+            self._keep(0, block)
+
     def get(self, key: str) -> dict[str, Any] | None:
         """The row for ``key`` as a JSON-ready dict, or ``None``.
 
@@ -192,14 +213,21 @@ class TieredIndex:
             with self._lock:
                 self._reading.pop(number, None)
             raise
-        if self._metrics is not None:
-            self._metrics.count(Metric.BLOCK_READS)
-            self._metrics.count(Metric.BLOCK_READ_BYTES, len(body))
+        self._count_read(len(body))
         with self._lock:
-            if block.nbytes <= self._cache.maxsize:
-                self._cache[number] = block  # evicts the least recently used past the budget
+            self._keep(number, block)
             self._reading.pop(number, None)
         return block
+
+    def _count_read(self, size: int) -> None:
+        if self._metrics is not None:
+            self._metrics.count(Metric.BLOCK_READS)
+            self._metrics.count(Metric.BLOCK_READ_BYTES, size)
+
+    def _keep(self, number: int, block: Block) -> None:
+        """Cache ``block`` (the caller holds the lock)."""
+        if block.nbytes <= self._cache.maxsize:
+            self._cache[number] = block  # evicts the least recently used past the budget
 
     def _log_failure(self, number: int, exc: BaseException) -> None:
         if self._metrics is not None:
