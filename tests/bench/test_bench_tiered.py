@@ -65,9 +65,11 @@ def test_modes_run_reports_both_modes_on_both_stores(tmp_path: Path) -> None:
         # Memory reads the data once at load, then nothing per lookup.
         assert memory["cold_requests_mean"] == 0
         assert memory["batch_requests_mean"] == 0
-        # Tiered loads only the pointer, manifest and block index, then reads one block of at
-        # most 128 KiB per cold key, and one read per distinct block of a batch.
-        assert tiered["load_requests"] == memory["load_requests"] == 3
+        # Memory loads the pointer, manifest and data; tiered the pointer, manifest and block
+        # index (and at most one block, should the load check one). Then tiered reads one block
+        # of at most 128 KiB per cold key, and one read per distinct block of a batch.
+        assert memory["load_requests"] == 3
+        assert 3 <= tiered["load_requests"] <= 4
         assert tiered["load_mb"] < memory["load_mb"]
         assert tiered["cold_requests_mean"] == tiered["cold_requests_max"] == 1
         assert 0 < tiered["cold_kb_max"] <= 128
