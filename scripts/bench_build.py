@@ -256,6 +256,16 @@ def render(records: list[dict[str, Any]]) -> str:
             f"| {r['self_peak_mb']:,} | {r['readback_peak_mb']:,} | {r['tree_peak_mb']:,} "
             f"| {r['data_bytes'] / 2**20:,.0f} | `{r['command']}` |"
         )
+    lines += [
+        "",
+        "Modes: `stream` is the out-of-core build (`loaders/stream.py`): DuckDB checks, compares",
+        "and sorts the engine's Parquet files under `DUCKDB_MEMORY_LIMIT` (4GB), spilling to the",
+        "build's temporary directory; a result of at most 20M rows (`MEMORY_LAYOUT_MAX_ROWS`) is",
+        "then read whole and written in the one-row-group memory-mode layout, a larger one is",
+        "written from DuckDB's sorted stream in 1Mi-row row groups with its blocks. `rowgroups`",
+        "forces that streamed writer at every size. `baseline` is the in-memory builder before",
+        "issue 11 (commit 4a8c782: it holds, sorts, diffs and encodes the whole table).",
+    ]
     return "\n".join(lines) + "\n"
 
 
