@@ -456,6 +456,16 @@ class Versions:
         default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
     )
     published: int = 0
+    # What a load downloads after the manifest in the test's serving mode: where a bad version
+    # must be bad for a reader in that mode to see it (``tests.conftest.LOADED_NAME``).
+    loaded_name: str = "data.parquet"
+
+    @property
+    def serve_mode(self) -> str:
+        return "memory" if self.loaded_name == "data.parquet" else "tiered"
+
+    def loaded_key(self, version: str) -> str:
+        return f"snapshots/{version}/{self.loaded_name}"
 
     def next_time(self) -> datetime:
         self.published += 1
@@ -478,8 +488,8 @@ class Versions:
 
 
 @pytest.fixture
-def versions(publisher: S3Store) -> Versions:
-    return Versions(publisher)
+def versions(publisher: S3Store, loaded_name: str) -> Versions:
+    return Versions(publisher, loaded_name=loaded_name)
 
 
 def data_key(version: str) -> str:

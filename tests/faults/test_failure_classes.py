@@ -21,7 +21,6 @@ from tests.faults.conftest import (
     TTL_SECONDS,
     V2_IDS,
     Answer,
-    data_key,
     pointer_etag,
     write_pointer,
 )
@@ -42,6 +41,10 @@ if TYPE_CHECKING:
 
     from loaders.store import S3Store
     from tests.faults.conftest import FaultProxy, Lookup, Versions
+
+
+# Every lookup here runs in both serving modes (issue 11).
+pytestmark = pytest.mark.usefixtures("serve_mode")
 
 
 def assert_served_within_refresh_wait(answer: Answer, version: str) -> None:
@@ -70,6 +73,7 @@ def test_rejected_version_keeps_the_last_good_and_is_not_fetched_again(
     bad: BadVersion,
 ) -> None:
     """A bad version is rejected, the last good one serves, and nothing of it is fetched again."""
+    bad.skip_unless_bad_in(versions.serve_mode)
     lookup, v1 = loaded(make_lookup, versions)
     rejected = bad.plant(versions)
     rejected_pointer = pointer_etag(publisher)
@@ -105,7 +109,8 @@ def test_rejected_pointer_keeps_the_last_good_and_is_not_downloaded_again(
 
     assert_served_within_refresh_wait(answer, v1)
     assert lookup.calls.conditions("CURRENT")[-1] == rejected_pointer
-    assert lookup.calls.count_under("snapshots/") == 2  # v1's manifest and data, once
+    # v1's manifest and data, once; tiered: its manifest, block index and first block
+    assert lookup.calls.count_under("snapshots/") == (2 if versions.serve_mode == "memory" else 3)
 
 
 def test_snapshot_with_no_rows_is_rejected_and_the_last_good_keeps_serving(
@@ -152,20 +157,20 @@ def test_transient_fault_keeps_the_last_good_and_is_retried_after_the_ttl(
     """A storage fault on a new version's download is retried only once the TTL lapses again."""
     lookup, v1 = loaded(make_lookup, versions)
     v2 = versions.publish(V2_IDS, segment="enterprise")
-    fault.inject(lookup, proxy, "/data.parquet")
+    fault.inject(lookup, proxy, f"/{versions.loaded_name}")
     lookup.lapse_ttl()
 
     assert_served_within_refresh_wait(lookup.ask(), v1)
     lookup.settle()
     lift(lookup, proxy)
-    assert lookup.calls.count(data_key(v2)) == 1
+    assert lookup.calls.count(versions.loaded_key(v2)) == 1
     assert_served_within_refresh_wait(lookup.ask(), v1)  # within the TTL: no retry yet
-    assert lookup.calls.count(data_key(v2)) == 1
+    assert lookup.calls.count(versions.loaded_key(v2)) == 1
     lookup.lapse_ttl()
     lookup.ask()
     lookup.settle()
 
-    assert lookup.calls.count(data_key(v2)) == 2
+    assert lookup.calls.count(versions.loaded_key(v2)) == 2
     assert lookup.ask().version == v2
 
 
@@ -198,7 +203,7 @@ def test_bug_in_a_refresh_is_logged_with_its_stack_and_never_reaches_the_request
     """An unexpected exception while refreshing is logged with its stack; requests get a 200."""
     lookup, v1 = loaded(make_lookup, versions)
     versions.publish(V2_IDS)
-    BUG.inject(lookup, proxy, "/data.parquet")
+    BUG.inject(lookup, proxy, f"/{versions.loaded_name}")
     lookup.lapse_ttl()
 
     with caplog.at_level(logging.INFO, logger=CACHE_LOGGER):
@@ -217,7 +222,7 @@ def test_bug_on_a_cold_load_answers_503_not_500(
     """With nothing loaded, a bug in the load is a 503 with Retry-After, never a 500."""
     versions.publish()
     lookup = make_lookup()
-    BUG.inject(lookup, proxy, "/data.parquet")
+    BUG.inject(lookup, proxy, f"/{versions.loaded_name}")
 
     answer = lookup.ask()
 
