@@ -2159,21 +2159,24 @@ def _dispatch(argv: list[str]) -> int | None:
     """Hand ``--build``, ``--shared`` or ``--sizes ... --modes ...`` to its script's ``main``
     with the other arguments; None when none of them is asked for.
 
-    ``--modes memory,tiered`` compares the serving modes (``scripts/bench_tiered.py``, which
-    takes ``--sizes`` too); ``--build`` measures the builder (``scripts/bench_build.py``) and
-    ``--shared`` one mapped copy per machine (``scripts/bench_shared.py``).
+    ``--build`` measures the builder (``scripts/bench_build.py``, whose own ``--modes`` and
+    ``--sizes`` go with it) and ``--shared`` one mapped copy per machine
+    (``scripts/bench_shared.py``); otherwise ``--modes memory,tiered`` compares the serving
+    modes (``scripts/bench_tiered.py``, which takes ``--sizes`` too).
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--build", action="store_true")
     pre.add_argument("--shared", action="store_true")
-    pre.add_argument("--modes")
     known, rest = pre.parse_known_args(argv)
-    asked = [flag for flag in DISPATCH if getattr(known, flag[2:])]
-    if not asked:
-        return None
-    if len(asked) > 1:
-        raise SystemExit(f"scripts/bench.py: {' and '.join(asked)} are separate runs: pick one")
-    flag = asked[0]
+    if known.build and known.shared:
+        raise SystemExit("scripts/bench.py: --build and --shared are separate runs: pick one")
+    flag = "--build" if known.build else "--shared" if known.shared else None
+    if flag is None:
+        modes = argparse.ArgumentParser(add_help=False)
+        modes.add_argument("--modes")
+        if modes.parse_known_args(argv)[0].modes is None:
+            return None
+        flag, rest = "--modes", argv
     name = DISPATCH[flag]
     try:
         module = importlib.import_module(f"scripts.{name}")
@@ -2183,8 +2186,6 @@ def _dispatch(argv: list[str]) -> int | None:
         raise SystemExit(
             f"scripts/bench.py {flag} runs scripts/{name}.py, which this checkout does not have"
         ) from None
-    if flag == "--modes":
-        rest = ["--modes", known.modes, *rest]
     return int(module.main(rest) or 0)
 
 
