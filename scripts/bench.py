@@ -2164,7 +2164,7 @@ def _dispatch(argv: list[str]) -> int | None:
     (``scripts/bench_shared.py``); otherwise ``--modes memory,tiered`` compares the serving
     modes (``scripts/bench_tiered.py``, which takes ``--sizes`` too).
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--build", action="store_true")
     pre.add_argument("--shared", action="store_true")
     known, rest = pre.parse_known_args(argv)
@@ -2172,7 +2172,7 @@ def _dispatch(argv: list[str]) -> int | None:
         raise SystemExit("scripts/bench.py: --build and --shared are separate runs: pick one")
     flag = "--build" if known.build else "--shared" if known.shared else None
     if flag is None:
-        modes = argparse.ArgumentParser(add_help=False)
+        modes = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         modes.add_argument("--modes")
         if modes.parse_known_args(argv)[0].modes is None:
             return None

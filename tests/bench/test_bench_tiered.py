@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "load_s",
@@ -84,3 +86,12 @@ def test_separate_runs_cannot_be_combined(tmp_path: Path) -> None:
 
     assert run.returncode != 0
     assert "--build and --shared are separate runs" in run.stderr
+
+
+def test_a_run_whose_script_is_missing_says_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scripts import bench
+
+    monkeypatch.setitem(bench.DISPATCH, "--build", "bench_not_written_yet")
+
+    with pytest.raises(SystemExit, match=r"runs scripts/bench_not_written_yet\.py, which this"):
+        bench._dispatch(["--build", "--sizes", "1000"])
