@@ -78,6 +78,15 @@ class RecordingStore:
         self.calls.append(("read", key, {}))
         return self.inner.read(key)
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        self.calls.append(("read_range", key, {"start": start, "length": length}))
+        return self.inner.read_range(key, start, length)
+
+    @property
+    def ranged_reads(self) -> list[tuple[str, int, int]]:
+        """``(key, start, length)`` of every ``read_range`` call, in order."""
+        return [(k, kw["start"], kw["length"]) for m, k, kw in self.calls if m == "read_range"]
+
     def get(self, key: str, *, if_none_match: str | None = None) -> StoredObject | None:
         self.calls.append(("get", key, {"if_none_match": if_none_match}))
         return self.inner.get(key, if_none_match=if_none_match)
