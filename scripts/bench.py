@@ -287,7 +287,7 @@ def _minimal_handler(cache: Any) -> Callable[[dict[str, Any], Any], dict[str, An
     index, block = serving.index, serving.snapshot
     created_at = datetime.fromisoformat(block["created_at"].replace("Z", "+00:00")).timestamp()
     fixed = {"version": block["version"], "created_at": block["created_at"]}
-    checked_at, max_staleness = block["checked_at"], 172800.0
+    checked_at, max_staleness, mode = block["checked_at"], 172800.0, block["mode"]
     key_pattern = re.compile(r"[A-Za-z0-9_-]{1,64}")
     headers = {"Content-Type": "application/json"}
     not_found = {"code": "not_found", "message": "customer not found"}
@@ -299,7 +299,7 @@ def _minimal_handler(cache: Any) -> Callable[[dict[str, Any], Any], dict[str, An
         row = index.get(key)
         age = max(0.0, time.time() - created_at)
         snapshot = {**fixed, "age_seconds": int(age), "stale": age > max_staleness,
-                    "checked_at": checked_at}  # fmt: skip
+                    "checked_at": checked_at, "mode": mode}  # fmt: skip
         status, body = (404, {"error": not_found}) if row is None else (200, {"item": row})
         body["snapshot"] = snapshot
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
