@@ -19,6 +19,7 @@ import pytest
 
 from loaders.blocks import MAX_BLOCK_BYTES, ROWS_PER_BLOCK, parse_block_index
 from loaders.errors import ObjectNotFoundError, StoreError
+from loaders.metrics import MetricsRecorder
 from service.errors import RowsUnavailableError
 from service.handler import LookupFunction, Service
 from service.local_server import LocalContext
@@ -504,3 +505,35 @@ def test_refresh_swaps_to_the_new_version_and_reads_its_blocks(
     assert serving.index.get(key_in_block(2)) is None
     assert source.block_reads[-1] == (new, 0)
     assert len(source.pointer_reads) == 2
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_block_reads_hits_bytes_and_failures_are_counted(
+    held: HeldSource, clock: FakeClock, wall_clock: FakeClock, table: pa.Table
+) -> None:
+    version = held.publish(table)
+    documents: list[str] = []
+    recorder = MetricsRecorder(
+        namespace="Test", service="customer-lookup", enabled=True, emit=documents.append
+    )
+    cache = tiered_cache(held, clock, wall_clock, metrics=recorder)
+    call = LookupFunction(Service(Settings("file:///unused"), cache, recorder))
+    index_body = held.block_blobs[version][0]
+    lengths = parse_block_index(held.blobs[version][0], index_body).lengths
+
+    def counts(payload: dict[str, Any]) -> dict[str, float]:
+        call(payload, LocalContext())
+        doc = json.loads(documents[-1])
+        names = [m["Name"] for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+        return {name: doc[name] for name in names if name.startswith("Block")}
+
+    cold = counts({"customer_id": key_in_block(2)})  # block 0 is read at load, in this request
+    hot = counts({"customer_id": key_in_block(2, offset=11)})
+    held.error = StoreError("cannot read memory://snapshots/v/blocks.bin: SlowDown")
+    failed = counts({"customer_id": key_in_block(3)})
+
+    assert cold == {"BlockReads": [2], "BlockReadBytes": [lengths[0] + lengths[2]]}
+    assert hot == {"BlockCacheHits": [1]}
+    assert failed == {"BlockReadFailures": [1]}
