@@ -67,6 +67,7 @@ class HeldSource(InMemorySource):
     def __init__(self) -> None:
         super().__init__()
         self.error: Exception | None = None
+        self.failing: set[int] | None = None  # the blocks ``error`` applies to (None: all)
         self.hold = False
         self.reading = threading.Event()
         self.release = threading.Event()
@@ -74,7 +75,7 @@ class HeldSource(InMemorySource):
 
     def read_block(self, manifest: Manifest, blocks: BlockIndex, number: int) -> bytes:
         body = super().read_block(manifest, blocks, number)
-        if self.error is not None:
+        if self.error is not None and (self.failing is None or number in self.failing):
             raise self.error
         if self.hold:
             self.reading.set()
@@ -365,7 +366,10 @@ def test_failed_batch_is_a_503_with_the_snapshot_and_the_next_batch_is_served(
     cache.get()
     call = function_over(cache)
     keys = [key_in_block(1), key_in_block(3), "C999999999"]
+    # One block fails: its failure ends the request. (Had both failed, the slower failing
+    # read could still be in flight for the next batch to join, and fail it too.)
     held.error = StoreError("cannot read memory://snapshots/v/blocks.bin: InternalError")
+    held.failing = {3}
 
     failed = call({"customer_ids": keys})
     held.error = None
