@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -231,6 +232,20 @@ def measure(rows: int, mode: str, args: argparse.Namespace) -> list[dict[str, An
     return reports
 
 
+def median_of(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record of repeated builds: the median of each time and peak, the rest from the last."""
+    merged = dict(reports[-1])
+    for name in ("build_seconds", "process_seconds", "self_peak_mb", "readback_peak_mb",
+                 "tree_peak_mb"):  # fmt: skip
+        merged[name] = statistics.median(r[name] for r in reports)
+    merged["seconds"] = {
+        step: statistics.median(r["seconds"].get(step, 0.0) for r in reports)
+        for step in reports[-1]["seconds"]
+    }
+    merged["repeats"] = len(reports)
+    return merged
+
+
 def render(records: list[dict[str, Any]]) -> str:
     """The results as Markdown: one row per size, mode and run."""
     lines = [
@@ -239,20 +254,22 @@ def render(records: list[dict[str, Any]]) -> str:
         "Written by `scripts/bench_build.py` (each row names its command). One build per fresh",
         "child process; sources from `scripts/sample_data.py --chunk-rows` (6 columns, shuffled);",
         "`first` builds into an empty root, `rebuild` rebuilds the same source against it (the",
-        "change report joins two versions of that size). Peak RSS: `self` is the build process's",
+        "change report joins two versions of that size); `n` runs of each, modes interleaved,",
+        "medians shown. Peak RSS: `self` is the build process's",
         "`ru_maxrss` (DuckDB runs in it), `read-back` the pandas-free read-back child's and `tree`",
         "the peak of their sum, both polled from /proc every 50 ms. Seconds are wall time; the",
         "machine (2 cores, 24 GiB) is shared with other agents, so times are noisy.",
         "",
-        "| rows | mode | run | build s | previous | query | validate | publish | changes "
+        "| rows | mode | run | n | build s | previous | query | validate | publish | changes "
         "| self MB | read-back MB | tree MB | data.parquet MB | command |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     order = {mode: i for i, mode in enumerate(MODES)}
     for r in sorted(records, key=lambda r: (r["rows"], order[r["mode"]], r["run"] != "first")):
         steps = " | ".join(f"{r['seconds'].get(step, 0):.1f}" for step in STEPS)
         lines.append(
-            f"| {r['rows']:,} | {r['mode']} | {r['run']} | {r['build_seconds']:.1f} | {steps} "
+            f"| {r['rows']:,} | {r['mode']} | {r['run']} | {r.get('repeats', 1)} "
+            f"| {r['build_seconds']:.1f} | {steps} "
             f"| {r['self_peak_mb']:,} | {r['readback_peak_mb']:,} | {r['tree_peak_mb']:,} "
             f"| {r['data_bytes'] / 2**20:,.0f} | `{r['command']}` |"
         )
@@ -294,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-limit", default="4GB", help="DuckDB's memory_limit")
     parser.add_argument("--work-dir", type=Path, help="the builds' temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep each size's stream root")
+    parser.add_argument("--repeat", type=int, default=1, help="builds of each kind (medians)")
     args = parser.parse_args(argv)
     args.command = "python scripts/bench_build.py " + " ".join(argv)
     args.at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
@@ -301,10 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(modes) - set(MODES):
         parser.error(f"unknown modes {sorted(unknown)}; choose from {MODES}")
     for rows in (int(size) for size in args.sizes.split(",")):
-        for mode in modes:
-            if mode == "baseline" and rows > args.baseline_max_rows:
-                continue
-            save(measure(rows, mode, args))
+        samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for _ in range(args.repeat):
+            for mode in modes:
+                if mode == "baseline" and rows > args.baseline_max_rows:
+                    continue
+                for report in measure(rows, mode, args):
+                    samples.setdefault((mode, report["run"]), []).append(report)
+        save([median_of(reports) for reports in samples.values()])
     print(f"results: {RESULTS / 'results.md'}")
     return 0
 
