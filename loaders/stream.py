@@ -172,8 +172,9 @@ def stage_table(table: pa.Table, directory: Path) -> list[Path]:
     Raises
     ------
     SnapshotInvalidError
-        If Parquet cannot hold one of its columns.
+        If a column has a type no reader can serve, or Parquet cannot hold it.
     """
+    check_columns(table.schema)  # what write_snapshot says of such a column, before Parquet does
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "result.parquet"
     try:
