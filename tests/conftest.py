@@ -32,9 +32,11 @@ REGION = "us-east-1"
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 # Issue 11: every lookup test runs in both serving modes (see ``serve_mode``).
 SERVE_MODES = ("memory", "tiered")
-# What loading a version downloads after its manifest, by mode: the whole table, or only the
-# block index (blocks.bin is read by range as lookups need it).
-LOADED_NAME = {"memory": "data.parquet", "tiered": "blocks.arrow"}
+# What loading a version downloads after its manifest, by mode: the whole table, or the block
+# index and then the first block, by range (the rest of blocks.bin as lookups need it).
+LOADED_NAMES = {"memory": ("data.parquet",), "tiered": ("blocks.arrow", "blocks.bin")}
+# The first of those: where a version is bad, or held, for a load in that mode to find it.
+LOADED_NAME = {mode: names[0] for mode, names in LOADED_NAMES.items()}
 
 
 class FakeClock:

@@ -22,7 +22,7 @@ from loaders.store import S3Store
 from service.cache import SnapshotCache
 from service.handler import build_service
 from service.settings import Settings
-from tests.conftest import BUCKET, PREFIX, REGION, T0, FakeClock, customers, publish
+from tests.conftest import BUCKET, LOADED_NAMES, PREFIX, REGION, T0, FakeClock, customers, publish
 from tests.integration.rawstore import flip_bytes, raw_read, raw_write
 
 # Every lookup here runs in both serving modes (issue 11).
@@ -120,7 +120,7 @@ def _publish_corrupt_v2(publisher: S3Store, loaded_name: str) -> str:
 
 
 def test_first_load_reads_pointer_then_manifest_then_data(
-    publisher: S3Store, cache: SnapshotCache, traffic: S3Traffic, loaded_name: str
+    publisher: S3Store, cache: SnapshotCache, traffic: S3Traffic, serve_mode: str
 ) -> None:
     version = publish(publisher, customers(V1_IDS))
 
@@ -129,15 +129,17 @@ def test_first_load_reads_pointer_then_manifest_then_data(
     assert traffic.requests == [
         ("GetObject", "CURRENT", None),
         ("GetObject", f"snapshots/{version}/manifest.json", None),
-        ("GetObject", f"snapshots/{version}/{loaded_name}", None),
+        *(("GetObject", f"snapshots/{version}/{name}", None) for name in LOADED_NAMES[serve_mode]),
     ]
 
 
 def test_first_load_downloads_each_object_once(
-    publisher: S3Store, cache: SnapshotCache, traffic: S3Traffic, loaded_name: str
+    publisher: S3Store, cache: SnapshotCache, traffic: S3Traffic, serve_mode: str
 ) -> None:
+    # Tiered: the one block of this small table is all of blocks.bin.
     version = publish(publisher, customers(V1_IDS))
-    keys = ["CURRENT", *(snapshot_key(version, name) for name in ("manifest.json", loaded_name))]
+    names = ("manifest.json", *LOADED_NAMES[serve_mode])
+    keys = ["CURRENT", *(snapshot_key(version, name) for name in names)]
     sizes = [len(raw_read(publisher, key)) for key in keys]
 
     cache.get()
