@@ -15,9 +15,9 @@ cannot be imported (the Lambda package has none; ``scripts/bench.py``'s boot), b
 builds the function: ``service.handler.build_service(Settings(SERVE_MODE=...))``. A run
 measures:
 
-- load: ``build_service`` + the first ``cache.refresh()`` (pointer, manifest, then the data or
-  the block index), wall seconds, requests and bytes read; RSS before it (imports), after it,
-  and the kernel's high-water mark during it;
+- load: ``build_service`` + the first ``cache.refresh()`` (pointer, manifest, then the data,
+  or the block index and the block the load checks), wall seconds, requests and bytes read;
+  RSS before it (imports), after it, and the kernel's high-water mark during it;
 - hot lookups (``index.get`` in process): keys of ``HOT_BLOCKS`` blocks already read (tiered),
   or of the whole table (memory); ``HOT_LOOKUPS`` of them;
 - cold lookups: tiered, a key whose block is not cached (the LRU emptied before each): one
