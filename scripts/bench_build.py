@@ -204,7 +204,9 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
 
 def measure(rows: int, mode: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The ``first`` and ``rebuild`` builds of one size and mode."""
-    root = DATA / f"root-{rows}" if mode == "stream" else DATA / f"root-{rows}-{mode}"
+    # Only a --keep run replaces the kept root: other benches may be serving from it.
+    kept = mode == "stream" and args.keep
+    root = DATA / f"root-{rows}" if kept else DATA / f"scratch-{rows}-{mode}"
     shutil.rmtree(root, ignore_errors=True)
     job = {
         "mode": mode,
@@ -227,7 +229,7 @@ def measure(rows: int, mode: str, args: argparse.Namespace) -> list[dict[str, An
             flush=True,
         )
         reports.append(report)
-    if mode != "stream" or not args.keep:
+    if not kept:
         shutil.rmtree(root, ignore_errors=True)
     return reports
 
