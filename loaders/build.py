@@ -234,7 +234,8 @@ def build(
     with tempfile.TemporaryDirectory(prefix="snapshot-build-", dir=work_dir) as tmp:
         work = Path(tmp)
         started = time.perf_counter()
-        base = stream.previous(store, _current_version(store), work, say)
+        # Its manifest now, for the row-count check; its data only for the change report.
+        base = stream.previous(store, _current_version(store), work, say, data=False)
         step("previous", started)
 
         query_started_at = now()
@@ -373,6 +374,8 @@ def _report_changes(
     if published.announced and published.replaced != base.version:
         progress(f"{published.replaced} was announced meanwhile; the change report is against it")
         base = stream.previous(store, published.replaced, staged.directory, progress)
+    else:
+        base = stream.with_data(store, base, staged.directory, progress)
     changes = stream.diff(
         staged, schema, base.data, key_column=key_column, previous_version=base.version
     )

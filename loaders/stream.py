@@ -584,24 +584,46 @@ class Previous:
 
 
 def previous(
-    store: ObjectStore, version: str | None, directory: Path, progress: Callable[[str], None]
+    store: ObjectStore,
+    version: str | None,
+    directory: Path,
+    progress: Callable[[str], None],
+    *,
+    data: bool = True,
 ) -> Previous:
-    """The version ``version`` for the checks and the change report; what cannot be read is
-    left out with a warning (a broken earlier snapshot must not block a good new one)."""
+    """The version ``version`` for the checks and (with ``data``) the change report; what
+    cannot be read is left out with a warning (a broken earlier snapshot must not block a good
+    new one)."""
     if version is None:
         return Previous(None)
-    progress(f"version {version}: downloading for the change report")
     try:
         manifest = read_manifest(store, version)
     except LoaderError as exc:
         logger.warning("snapshot %s unreadable: %s", version, exc)
         return Previous(version)
+    found = Previous(version, manifest)
+    return with_data(store, found, directory, progress) if data else found
+
+
+def with_data(
+    store: ObjectStore, found: Previous, directory: Path, progress: Callable[[str], None]
+) -> Previous:
+    """``found`` with its data.parquet downloaded to ``directory``, if it can be read.
+
+    A build downloads it only for the change report, after its own snapshot is written and
+    its files deleted: a build then never holds both versions' files on disk at once.
+    """
+    if found.manifest is None or found.data is not None:
+        return found
+    progress(f"version {found.version}: downloading for the change report")
     try:
-        return Previous(version, manifest, download_data(store, manifest, directory))
+        return Previous(
+            found.version, found.manifest, download_data(store, found.manifest, directory)
+        )
     except LoaderError as exc:
-        # Its manifest may still carry the row count for the change check.
-        logger.warning("snapshot %s unreadable: %s", version, exc)
-        return Previous(version, manifest)
+        # Its manifest still carried the row count for the checks.
+        logger.warning("snapshot %s unreadable: %s", found.version, exc)
+        return found
 
 
 def diff(
