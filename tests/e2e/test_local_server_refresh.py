@@ -50,7 +50,9 @@ def _wait_for(lines: queue.Queue[str], text: str) -> str:
             return line
 
 
-def test_timer_serves_a_new_version_without_any_request(file_store: FileStore) -> None:
+def test_timer_serves_a_new_version_without_any_request(
+    file_store: FileStore, serve_mode: str
+) -> None:
     publish(file_store, customers(["C000000001", "C000000002"]))
     env = {
         **os.environ,
@@ -77,6 +79,7 @@ def test_timer_serves_a_new_version_without_any_request(file_store: FileStore) -
             body = json.loads(answer.read())
 
         assert body["snapshot"]["version"] == v2
+        assert body["snapshot"]["mode"] == serve_mode  # SERVE_MODE reached the server process
     finally:
         process.kill()
         process.wait(10)

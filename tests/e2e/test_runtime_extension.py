@@ -101,7 +101,7 @@ def _initialized(fake: LambdaRuntimeFake) -> LambdaRuntimeFake:
 
 
 def test_extension_registers_at_init_and_the_environment_freezes_between_invocations(
-    store: FileStore, log_path: Path
+    store: FileStore, log_path: Path, serve_mode: str
 ) -> None:
     v1 = publish(store, customers(V1_IDS))
 
@@ -115,6 +115,7 @@ def test_extension_registers_at_init_and_the_environment_freezes_between_invocat
 
         assert fake.extensions == ["snapshot-refresh"]
         assert [_version(a) for a in answers] == [v1] * 3
+        assert {a["snapshot"]["mode"] for a in answers} == {serve_mode}  # SERVE_MODE reached it
         assert fake.frozen_count == 4  # after init and after each invocation
     assert "pointer checks run after each response (internal extension)" in _messages(log_path)
 
