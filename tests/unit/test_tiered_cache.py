@@ -16,6 +16,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loaders.blocks import MAX_BLOCK_BYTES, ROWS_PER_BLOCK, parse_block_index
 from loaders.errors import ObjectNotFoundError, StoreError
@@ -25,7 +27,7 @@ from service.handler import LookupFunction, Service
 from service.local_server import LocalContext
 from service.settings import Settings
 from service.tiered import TieredIndex
-from tests.conftest import customers, load_event
+from tests.conftest import T0, FakeClock, customers, load_event
 from tests.unit.conftest import KEY_COLUMN, TTL_SECONDS, InMemorySource, make_cache
 
 if TYPE_CHECKING:
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
     from loaders.blocks import BlockIndex
     from loaders.manifest import Manifest
     from service.cache import SnapshotCache
-    from tests.conftest import FakeClock
 
 MB = 1 << 20
 # Four blocks: three of 4,096 rows and one of 100. Keys are even numbers, so an odd key is a
@@ -541,3 +542,38 @@ def test_block_reads_hits_bytes_and_failures_are_counted(
     assert cold == {"BlockReads": [2], "BlockReadBytes": [lengths[0] + lengths[2]]}
     assert hot == {"BlockCacheHits": [1]}
     assert failed == {"BlockReadFailures": [1]}
+
+
+# --- the same answers as memory mode ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def both_modes(table: pa.Table) -> tuple[Any, Any]:
+    """One multi-block snapshot served from memory and tiered, each by its own cache."""
+    source = InMemorySource()
+    source.publish(table)
+    wall = FakeClock(T0.timestamp())
+    memory, tiered = (
+        make_cache(source, FakeClock(), wall, serve_mode=mode, refresh_wait_seconds=WAIT_SECONDS)
+        .get()
+        .index
+        for mode in ("memory", "tiered")
+    )
+    return memory, tiered
+
+
+# Present keys at block edges and inside, misses inside and between blocks, before and after.
+EDGES = [IDS[0], IDS[-1], *(IDS[n * ROWS_PER_BLOCK + d] for n in range(1, 4) for d in (-1, 0))]
+MISSES = ["A", "C000000000", "C000000001", "C999999999", "Z", *(f"{k}0" for k in EDGES)]
+KEYS = st.one_of(st.sampled_from(IDS), st.sampled_from(EDGES + MISSES))
+
+
+@given(keys=st.lists(KEYS, min_size=1, max_size=100))  # routes refuse an empty batch
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+def test_tiered_answers_every_batch_exactly_as_memory_does(
+    both_modes: tuple[Any, Any], keys: list[str]
+) -> None:
+    memory, tiered = both_modes
+
+    assert tiered.get_many(keys) == memory.get_many(keys)
+    assert [tiered.get(key) for key in keys[:5]] == [memory.get(key) for key in keys[:5]]
