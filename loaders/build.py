@@ -250,6 +250,8 @@ def build(
             started = time.perf_counter()
             say(f"validating {staged.row_count:,} rows")
             schema = stream.check(staged, rules, base.manifest)
+            # What DuckDB kept from the checks is freed before the rows are read or sorted.
+            staged.release()
             step("validate", started)
 
             started = time.perf_counter()
