@@ -159,11 +159,14 @@ def test_load_writes_decode_and_index_figures_for_each_layout_and_pool(tmp_path:
 
     assert set(results) == {"load"}  # a load run leaves the comparison out
     variants = results["load"]["3000"]
-    assert set(variants) == {"old/handler", "old/system", "new/handler", "new/system"}
+    layouts = ("old", "new", "rg4096")
+    assert set(variants) == {
+        f"{layout}/{pool}" for layout in layouts for pool in ("handler", "system")
+    }
     for name, figures in variants.items():
         assert set(figures) >= LOAD_FIGURES, name
         assert figures["runs"] == 1
-        assert figures["row_groups"] == 1  # 3,000 rows: one group in either layout
+        assert figures["row_groups"] == 1  # 3,000 rows: one group in every layout
         assert figures["load_s"] > 0
     assert variants["new/system"]["memory_pool"] == "system"
     assert variants["new/handler"]["memory_pool"] == lookup_memory_pool().backend_name
