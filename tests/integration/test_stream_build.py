@@ -18,11 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from loaders import stream
-from loaders.build import BuildResult, build
+from loaders.build import BuildResult, build, make_engine, stream_settings_from
 from loaders.engines import DuckDBEngine
 from loaders.errors import SnapshotInvalidError
 from loaders.manifest import CHANGES_NAME, DATA_NAME, SNAPSHOTS_PREFIX, snapshot_key
 from loaders.readback import read_back, read_back_file
+from loaders.settings import BuildConfigError, BuildSettings
 from loaders.snapshot import encode_table, read_snapshot
 from loaders.store import FileStore
 from loaders.stream import StreamSettings
@@ -273,3 +274,25 @@ def test_row_group_read_back_refuses_keys_that_fall_between_row_groups(tmp_path:
 
     with pytest.raises(SnapshotInvalidError, match="row group 1: keys do not follow"):
         read_back_file(path, "customer_id")
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def test_duckdb_memory_limit_reaches_the_engine_and_the_out_of_core_build() -> None:
+    env = {"SNAPSHOT_URI": "file:///tmp/x", "QUERY_SQL": SQL, "DUCKDB_MEMORY_LIMIT": "2GB"}
+
+    settings = BuildSettings.from_env(env)
+
+    assert stream_settings_from(settings).memory_limit == "2GB"
+    engine = make_engine(settings)
+    assert isinstance(engine, DuckDBEngine)
+    assert engine.memory_limit == "2GB"
+
+
+@pytest.mark.parametrize("limit", ["lots", "4", "-1GB", "4 GiBs"])
+def test_malformed_duckdb_memory_limit_is_a_config_error(limit: str) -> None:
+    env = {"SNAPSHOT_URI": "file:///tmp/x", "QUERY_SQL": SQL, "DUCKDB_MEMORY_LIMIT": limit}
+
+    with pytest.raises(BuildConfigError, match="DUCKDB_MEMORY_LIMIT"):
+        BuildSettings.from_env(env)
