@@ -21,7 +21,7 @@ from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
 
 from loaders.blocks import write_blocks
 from loaders.manifest import BLOCK_INDEX_NAME, BLOCKS_NAME
-from tests.conftest import customers
+from tests.conftest import SERVE_MODES, customers
 from tests.faults.conftest import (
     MEMORY_BUDGET_MB,
     V2_IDS,
@@ -54,9 +54,24 @@ class BadVersion:
     def __str__(self) -> str:
         return self.name
 
-    def skip_unless_bad_in(self, serve_mode: str) -> None:
-        if self.memory_only and serve_mode != "memory":
-            pytest.skip(f"{self.name}: served in {serve_mode} mode by design")
+    def is_bad_in(self, serve_mode: str) -> bool:
+        """Whether a reader in ``serve_mode`` must reject it (a tiered one serves memory_only)."""
+        return serve_mode == "memory" or not self.memory_only
+
+
+def bad_in_each_mode(cases: list[BadVersion]) -> Any:
+    """``parametrize`` over (bad version, serving mode) where a reader in that mode rejects it:
+    the cases a mode serves by design are not collected there (see the tiered test of them)."""
+    return pytest.mark.parametrize(
+        ("bad", "serve_mode"),
+        [
+            pytest.param(bad, mode, id=f"{bad}-{mode}")
+            for bad in cases
+            for mode in SERVE_MODES
+            if bad.is_bad_in(mode)
+        ],
+        indirect=["serve_mode"],
+    )
 
 
 def _with_data(versions: Versions, change: Callable[[bytes], bytes]) -> str:

@@ -15,7 +15,7 @@ from tests.faults.conftest import (
     data_key,
     manifest_key,
 )
-from tests.faults.hostile import BAD_VERSIONS, BadVersion
+from tests.faults.hostile import BAD_VERSIONS, BadVersion, bad_in_each_mode
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,12 +36,11 @@ FALLBACK_CASES = [bad for bad in BAD_VERSIONS if bad.name in FALLBACK_NAMES]
 FLIPPED = BAD_VERSIONS[0]
 
 
-@pytest.mark.parametrize("bad", FALLBACK_CASES, ids=str)
+@bad_in_each_mode(FALLBACK_CASES)
 def test_cold_reader_serves_the_newest_loadable_previous_version_degraded(
     make_lookup: Callable[..., Lookup], versions: Versions, bad: BadVersion
 ) -> None:
     """Current version bad, previous good: the first request is served from it, degraded."""
-    bad.skip_unless_bad_in(versions.serve_mode)
     versions.publish()
     v2 = versions.publish(V2_IDS)
     bad.plant(versions)

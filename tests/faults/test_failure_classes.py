@@ -33,6 +33,7 @@ from tests.faults.hostile import (
     BadVersion,
     StorageFault,
     UnexpectedError,
+    bad_in_each_mode,
     lift,
 )
 
@@ -65,7 +66,7 @@ def loaded(make_lookup: Callable[..., Lookup], versions: Versions) -> tuple[Look
 # --- permanent: the snapshot itself is bad ---------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", BAD_VERSIONS, ids=str)
+@bad_in_each_mode(BAD_VERSIONS)
 def test_rejected_version_keeps_the_last_good_and_is_not_fetched_again(
     make_lookup: Callable[..., Lookup],
     versions: Versions,
@@ -73,7 +74,6 @@ def test_rejected_version_keeps_the_last_good_and_is_not_fetched_again(
     bad: BadVersion,
 ) -> None:
     """A bad version is rejected, the last good one serves, and nothing of it is fetched again."""
-    bad.skip_unless_bad_in(versions.serve_mode)
     lookup, v1 = loaded(make_lookup, versions)
     rejected = bad.plant(versions)
     rejected_pointer = pointer_etag(publisher)
@@ -89,6 +89,23 @@ def test_rejected_version_keeps_the_last_good_and_is_not_fetched_again(
     assert_served_within_refresh_wait(answer, v1)
     assert lookup.calls.count_under(f"snapshots/{rejected}/") == fetched
     assert lookup.calls.conditions("CURRENT")[-1] == rejected_pointer
+
+
+@pytest.mark.parametrize("serve_mode", ["tiered"], indirect=True)
+@pytest.mark.parametrize("bad", [b for b in BAD_VERSIONS if b.memory_only], ids=str)
+def test_a_version_only_memory_cannot_hold_is_served_by_a_tiered_reader(
+    make_lookup: Callable[..., Lookup], versions: Versions, bad: BadVersion
+) -> None:
+    """What memory mode must reject (too big for its budget) a tiered reader serves."""
+    lookup, _ = loaded(make_lookup, versions)
+    served = bad.plant(versions)
+    lookup.lapse_ttl()
+
+    answer = lookup.ask()
+
+    assert_served_within_refresh_wait(answer, served)
+    assert answer.body["snapshot"]["mode"] == "tiered"
+    assert "degraded" not in answer.body["snapshot"]
 
 
 @pytest.mark.parametrize("body", BAD_POINTERS.values(), ids=BAD_POINTERS.keys())
