@@ -339,7 +339,9 @@ def decode_block(manifest: Manifest, index: BlockIndex, number: int, body: bytes
     if hashlib.sha256(body).digest() != index.digests[number]:
         raise SnapshotInvalidError(f"{what}: sha256 mismatch")
     try:
-        table = pq.ParquetFile(pa.BufferReader(body)).read()
+        # One thread: a block is small, the reader's own pool runs blocks in parallel, and
+        # Arrow's CPU pool busy at interpreter exit could abort the process (apache/arrow#34314).
+        table = pq.ParquetFile(pa.BufferReader(body)).read(use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise SnapshotInvalidError(f"{what}: unreadable Parquet: {exc}") from exc
     if table.num_rows != index.rows[number]:

@@ -208,6 +208,8 @@ class KeyIndex:
 
         The binary searches run as one vectorised ``searchsorted`` over the whole batch.
         """
+        if not keys:
+            return [], []
         width, stored = self._width, self._keys
         raws = [key.encode() for key in keys]
         # Probes longer than every stored key would be truncated by numpy: they are misses.

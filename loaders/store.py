@@ -141,6 +141,9 @@ class FileStore:
         _check_range(key, start, length)
         try:
             with self._path(key).open("rb") as handle:
+                if start and start >= os.fstat(handle.fileno()).st_size:
+                    # As S3 answers (416 InvalidRange): nothing of the object is in the range.
+                    raise StoreError(f"cannot read {self.uri}/{key}: InvalidRange")
                 handle.seek(start)
                 return handle.read(length)
         except FileNotFoundError as exc:

@@ -545,7 +545,10 @@ class SnapshotCache:
 
     def _swap(self, loaded: Loaded) -> None:
         self._current = loaded  # the swap: one reference assignment
-        self._log.info("serving snapshot %s (%d rows)", loaded.manifest.version, len(loaded.index))
+        manifest = loaded.manifest
+        self._log.info(
+            "serving snapshot %s (%d rows, %s)", manifest.version, len(loaded.index), loaded.mode
+        )
         # The old snapshot's last reference went with the swap; give its pages back, so
         # steady RSS does not creep up refresh after refresh.
         self._release_memory()

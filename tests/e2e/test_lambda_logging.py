@@ -37,6 +37,7 @@ def run_lambda_child(snapshot_uri: str) -> list[str]:
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024",
         "SNAPSHOT_URI": snapshot_uri,
         "POWERTOOLS_LOG_LEVEL": "INFO",
+        "SERVE_MODE": "auto",
     }
     done = subprocess.run(
         [sys.executable, "-c", CHILD],
@@ -58,7 +59,8 @@ def test_cache_log_lines_are_powertools_json_with_info_kept(file_store: FileStor
     records = [json.loads(line) for line in lines]  # a plain-text line fails here
     serving = [r for r in records if r.get("message", "").startswith("serving snapshot")]
     assert serving and serving[0]["level"] == "INFO"
-    assert serving[0]["message"] == f"serving snapshot {version} (2 rows)"
+    # auto: a 2-row table fits the 1,024 MB function's budget.
+    assert serving[0]["message"] == f"serving snapshot {version} (2 rows, memory)"
     assert serving[0]["service"] == "customer-lookup"
 
 

@@ -225,5 +225,6 @@ def test_after_restore_the_pointer_is_checked_before_the_first_invocation(
         assert fake.restore_error is None
         assert _version(answer) == v2
     messages = _messages(log_path)
-    assert f"serving snapshot {v1} (2 rows)" in messages  # loaded during init, in the image
+    # loaded during init, in the image
+    assert f"serving snapshot {v1} (2 rows, {os.environ['SERVE_MODE']})" in messages
     assert f"after restore: pointer check loaded; serving {v2}" in messages

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from loaders.blocks import MAX_BLOCK_BYTES, ROWS_PER_BLOCK
-from loaders.errors import ObjectNotFoundError
+from loaders.errors import ObjectNotFoundError, StoreError
 from loaders.manifest import BLOCK_INDEX_NAME, BLOCKS_NAME, MANIFEST_NAME, snapshot_key
 from loaders.snapshot import SnapshotReader
 from service.cache import SnapshotCache
@@ -45,6 +45,15 @@ def test_read_range_past_the_end_gives_the_bytes_up_to_it(any_store: ObjectStore
     any_store.put(KEY, BODY)
 
     assert any_store.read_range(KEY, 1020, 100) == BODY[1020:]
+
+
+def test_read_range_starting_past_the_end_raises_store_error_everywhere(
+    any_store: ObjectStore,
+) -> None:
+    any_store.put(KEY, BODY)
+
+    with pytest.raises(StoreError, match="InvalidRange"):
+        any_store.read_range(KEY, 1024, 10)
 
 
 def test_read_range_of_a_missing_key_raises_object_not_found(any_store: ObjectStore) -> None:

@@ -151,13 +151,13 @@ def test_new_version_is_swapped_in_after_ttl(
 
 
 def test_swap_is_logged(
-    cache: SnapshotCache, caplog: pytest.LogCaptureFixture, published: str
+    cache: SnapshotCache, caplog: pytest.LogCaptureFixture, published: str, serve_mode: str
 ) -> None:
     caplog.set_level(logging.INFO)
 
     cache.get()
 
-    assert logged(caplog, logging.INFO) == [f"serving snapshot {published} (3 rows)"]
+    assert logged(caplog, logging.INFO) == [f"serving snapshot {published} (3 rows, {serve_mode})"]
 
 
 def test_failed_pointer_read_keeps_serving_the_last_snapshot(

@@ -570,3 +570,9 @@ def test_unknown_time_zone_is_rejected_naming_the_column() -> None:
 
     with pytest.raises(SnapshotInvalidError, match=r"column 'v'.*unknown time zone 'Mars/Olympus'"):
         KeyIndex(keyed(["a", "b"], v=values), "k")
+
+
+def test_an_empty_batch_finds_nothing_and_misses_nothing() -> None:
+    index = KeyIndex(pa.table({"customer_id": ["C1", "C2"], "v": [1, 2]}), "customer_id")
+
+    assert index.get_many([]) == ([], [])
