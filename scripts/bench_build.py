@@ -222,7 +222,14 @@ def measure(rows: int, mode: str, args: argparse.Namespace) -> list[dict[str, An
     for run in ("first", "rebuild"):
         print(f"{rows:>11,} rows  {mode:<9} {run:<7} ...", end=" ", flush=True)
         report = run_child(job)
-        report.update(rows=rows, mode=mode, run=run, command=args.command, at=args.at)
+        report.update(
+            rows=rows,
+            mode=mode,
+            run=run,
+            command=args.command,
+            at=args.at,
+            memory_limit=args.memory_limit,
+        )
         print(
             f"{report['build_seconds']:7.1f}s  self {report['self_peak_mb']:,} MB  "
             f"read-back {report['readback_peak_mb']:,} MB  tree {report['tree_peak_mb']:,} MB",
@@ -262,15 +269,20 @@ def render(records: list[dict[str, Any]]) -> str:
         "polled from /proc every 50 ms. Seconds are wall time; the machine (2 cores, 24 GiB) is",
         "shared with other agents, so times are noisy.",
         "",
-        "| rows | mode | run | n | build s | previous | query | validate | publish | changes "
-        "| self MB | read-back MB | tree MB | data.parquet MB | command |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| rows | mode | DuckDB limit | run | n | build s | previous | query | validate | publish "
+        "| changes | self MB | read-back MB | tree MB | data.parquet MB | command |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     order = {mode: i for i, mode in enumerate(MODES)}
-    for r in sorted(records, key=lambda r: (r["rows"], order[r["mode"]], r["run"] != "first")):
+
+    def position(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["rows"], order[r["mode"]], r.get("memory_limit", "4GB"), r["run"] != "first"
+
+    for r in sorted(records, key=position):
         steps = " | ".join(f"{r['seconds'].get(step, 0):.1f}" for step in STEPS)
         lines.append(
-            f"| {r['rows']:,} | {r['mode']} | {r['run']} | {r.get('repeats', 1)} "
+            f"| {r['rows']:,} | {r['mode']} | {r.get('memory_limit', '4GB')} | {r['run']} "
+            f"| {r.get('repeats', 1)} "
             f"| {r['build_seconds']:.1f} | {steps} "
             f"| {r['self_peak_mb']:,} | {r['readback_peak_mb']:,} | {r['tree_peak_mb']:,} "
             f"| {r['data_bytes'] / 2**20:,.0f} | `{r['command']}` |"
@@ -288,13 +300,19 @@ def render(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _identity(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What a record measures: a newer one of the same replaces it."""
+    limit = record.get("memory_limit", "4GB")
+    return record["rows"], record["mode"], record["run"], limit
+
+
 def save(reports: list[dict[str, Any]]) -> None:
     """Merge ``reports`` into results.json (a size, mode and run replaces its old record)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "results.json"
     records = json.loads(path.read_text()) if path.exists() else []
-    fresh = {(r["rows"], r["mode"], r["run"]) for r in reports}
-    records = [r for r in records if (r["rows"], r["mode"], r["run"]) not in fresh] + reports
+    fresh = {_identity(r) for r in reports}
+    records = [r for r in records if _identity(r) not in fresh] + reports
     path.write_text(json.dumps(records, indent=1) + "\n")
     (RESULTS / "results.md").write_text(render(records))
 
