@@ -296,6 +296,12 @@ def render(records: list[dict[str, Any]]) -> str:
         "written from DuckDB's sorted stream in 1Mi-row row groups with its blocks. `rowgroups`",
         "forces that streamed writer at every size. `baseline` is the in-memory builder before",
         "issue 11 (commit 4a8c782: it holds, sorts, diffs and encodes the whole table).",
+        "",
+        "A build above 20M rows needs about 7x its data.parquet in temporary disk at its peak",
+        "(at 100M: the query's result 1.7 GB, DuckDB's sort spill about 6 GB, data.parquet",
+        "1.6 GB and blocks.bin 2.1 GB), more than Lambda's 10 GB of /tmp: such builds run where",
+        "the work directory (`build(work_dir=)`, or TMPDIR) has the room. The 100M snapshot of",
+        "`--keep` stays in `.data/bench-build/root-100000000` (a `file://` root, two versions).",
     ]
     return "\n".join(lines) + "\n"
 
