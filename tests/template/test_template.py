@@ -236,6 +236,23 @@ def test_lookup_timeout_is_above_every_storage_budget(output: dict[str, Any]) ->
     assert one_s3_call < function["Timeout"]
 
 
+def test_builder_duckdb_limit_leaves_room_in_the_function_and_tmp_is_set(
+    output: dict[str, Any],
+) -> None:
+    parameters = output["Parameters"]
+    function = output["Resources"]["BuilderFunction"]["Properties"]
+    limit = parameters["BuilderDuckDBMemoryLimit"]["Default"]
+    limit_mb = float(limit[:-2]) * (1024 if limit.endswith("GB") else 1)
+
+    assert function["Environment"]["Variables"]["DUCKDB_MEMORY_LIMIT"] == {
+        "Ref": "BuilderDuckDBMemoryLimit"
+    }
+    # DuckDB spills past its limit; the function must hold it plus batches and the read-back.
+    assert limit_mb <= parameters["BuilderMemorySize"]["Default"] * 0.6
+    assert function["EphemeralStorage"] == {"Size": {"Ref": "BuilderTmpMb"}}
+    assert parameters["BuilderTmpMb"]["Default"] == 10240
+
+
 # Alarms and the dashboard. A custom metric is (namespace, name, dimensions); the namespace must
 # be the MetricsNamespace parameter, and the one dimension, service, picks the function whose
 # metric set the name must come from.
