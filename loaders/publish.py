@@ -135,14 +135,7 @@ def publish_table(
         source=source,
         extra_files=extra_files,
     )
-    announcement = announce_latest(store, version, store_clock=store_clock)
-    return Published(
-        manifest,
-        announcement.announced,
-        announcement.current,
-        announcement.replaced,
-        announcement.pinned,
-    )
+    return _announced(store, manifest, store_clock)
 
 
 def publish_staged(
@@ -172,7 +165,14 @@ def publish_staged(
         published_at=published_at or now,
         source=source,
     )
-    announcement = announce_latest(store, version, store_clock=store_clock)
+    return _announced(store, manifest, store_clock)
+
+
+def _announced(
+    store: ObjectStore, manifest: Manifest, store_clock: Callable[[], datetime] | None
+) -> Published:
+    """Announce a written snapshot (:func:`announce_latest`) and say what came of it."""
+    announcement = announce_latest(store, manifest.version, store_clock=store_clock)
     return Published(
         manifest,
         announcement.announced,

@@ -167,22 +167,29 @@ class FileStore:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked(), self._temp_file(path.parent, body) as tmp:
-            if if_none_match == "*":
-                try:
-                    # link() fails if the target exists: an atomic create-only write.
-                    os.link(tmp, path)
-                except FileExistsError as exc:
-                    raise PreconditionFailedError(f"{self.uri}/{key} already exists") from exc
-            else:
-                if if_match is not None:
-                    try:
-                        current = _file_etag(path.read_bytes())
-                    except FileNotFoundError as exc:
-                        raise ObjectNotFoundError(f"{self.uri}/{key} does not exist") from exc
-                    if current != if_match:
-                        raise PreconditionFailedError(f"{self.uri}/{key} changed since it was read")
-                tmp.replace(path)
+            self._place(tmp, key, if_none_match=if_none_match, if_match=if_match)
         return _file_etag(body)
+
+    def _place(
+        self, tmp: Path, key: str, *, if_none_match: str | None, if_match: str | None = None
+    ) -> None:
+        """Move a written temp file to ``key`` under the conditions given (lock held)."""
+        path = self._path(key)
+        if if_none_match == "*":
+            try:
+                # link() fails if the target exists: an atomic create-only write.
+                os.link(tmp, path)
+            except FileExistsError as exc:
+                raise PreconditionFailedError(f"{self.uri}/{key} already exists") from exc
+            return
+        if if_match is not None:
+            try:
+                current = _file_etag(path.read_bytes())
+            except FileNotFoundError as exc:
+                raise ObjectNotFoundError(f"{self.uri}/{key} does not exist") from exc
+            if current != if_match:
+                raise PreconditionFailedError(f"{self.uri}/{key} changed since it was read")
+        tmp.replace(path)
 
     def put_file(self, key: str, path: str | Path, *, if_none_match: str | None = None) -> str:
         """Write a local file's bytes as one object without holding them in memory.
@@ -201,13 +208,7 @@ class FileStore:
                 os.fsync(out.fileno())
             tmp.chmod(0o644)
             with self._locked():
-                if if_none_match == "*":
-                    try:
-                        os.link(tmp, target)
-                    except FileExistsError as exc:
-                        raise PreconditionFailedError(f"{self.uri}/{key} already exists") from exc
-                else:
-                    tmp.replace(target)
+                self._place(tmp, key, if_none_match=if_none_match)
         finally:
             tmp.unlink(missing_ok=True)
         return f'"{size}-{target.stat().st_mtime_ns}"'

@@ -235,8 +235,18 @@ def test_verify_checks_every_block_of_the_tiered_layout(
     assert checked.error == f"snapshot {versions[1]}: block 0: sha256 mismatch"
 
 
-def test_verify_reports_missing_blocks(root: ObjectStore, versions: list[str]) -> None:
-    key = snapshot_key(versions[1], "blocks.arrow")
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("data.parquet", "data.parquet is missing"),
+        ("blocks.arrow", "a blocks file is missing"),
+        ("blocks.bin", "a blocks file is missing"),
+    ],
+)
+def test_verify_reports_a_missing_file(
+    root: ObjectStore, versions: list[str], name: str, error: str
+) -> None:
+    key = snapshot_key(versions[1], name)
     if isinstance(root, FileStore):
         (root.root / key).unlink()
     else:
@@ -244,25 +254,7 @@ def test_verify_reports_missing_blocks(root: ObjectStore, versions: list[str]) -
 
     checked = verify(root, versions[1])
 
-    assert (checked.ok, checked.error) == (
-        False,
-        f"snapshot {versions[1]}: a blocks file is missing",
-    )
-
-
-def test_verify_reports_missing_data(root: ObjectStore, versions: list[str]) -> None:
-    key = snapshot_key(versions[1], "data.parquet")
-    if isinstance(root, FileStore):
-        (root.root / key).unlink()
-    else:
-        root.client.delete_object(Bucket=root.bucket, Key=f"{root.prefix}/{key}")
-
-    checked = verify(root, versions[1])
-
-    assert (checked.ok, checked.error) == (
-        False,
-        f"snapshot {versions[1]}: data.parquet is missing",
-    )
+    assert (checked.ok, checked.error) == (False, f"snapshot {versions[1]}: {error}")
 
 
 @FILE_ONLY
