@@ -614,7 +614,8 @@ MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_")
 # pyarrow is imported, so nothing can pull it in and charge it to the snapshot. Not with
 # sys.modules["pandas"] = None: pyarrow's Cython import takes that None for the module, and
 # pa.array(<numpy array>) then fails with AttributeError ('NoneType' ... '__version__').
-_FRESH_BOOT = (
+# The start of every such boot: pandas blocked, the project root (argv[1]) importable.
+NO_PANDAS_BOOT = (
     "import json, sys\n"
     "class NoPandas:\n"
     "    def find_spec(self, name, path=None, target=None):\n"
@@ -622,6 +623,8 @@ _FRESH_BOOT = (
     "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
     "sys.meta_path.insert(0, NoPandas())\n"
     "sys.path.insert(0, sys.argv[1])\n"
+)
+_FRESH_BOOT = NO_PANDAS_BOOT + (
     "import importlib\n"
     "from pathlib import Path\n"
     "module = importlib.import_module('scripts.' + sys.argv[5])\n"

@@ -37,23 +37,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from scripts.bench import NO_PANDAS_BOOT  # noqa: E402 - after the root is importable
+
 VERSION = "20260101T000000Z-5a4ed000"
 KEY = "customer_id"
 LOOKUPS = 20_000
 PAGE = 4096
 _HELD: list[Any] = []  # a child's snapshot and index, alive while its memory is measured
 GOAL_RATIO = 0.4
-# A fresh interpreter without pandas (see scripts/bench.py _FRESH_BOOT for why a meta_path
-# finder and not sys.modules["pandas"] = None). It runs child(job) and stays alive, holding
-# the snapshot, until the parent closes its stdin.
-_BOOT = (
-    "import json, sys\n"
-    "class NoPandas:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name.partition('.')[0] == 'pandas':\n"
-    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-    "sys.meta_path.insert(0, NoPandas())\n"
-    "sys.path.insert(0, sys.argv[1])\n"
+# A fresh interpreter without pandas (scripts/bench.py NO_PANDAS_BOOT). It runs child(job) and
+# stays alive, holding the snapshot, until the parent closes its stdin.
+_BOOT = NO_PANDAS_BOOT + (
     "from scripts import bench_shared\n"
     "job = json.loads(sys.argv[2])\n"
     "print(json.dumps(getattr(bench_shared, job['run'])(job)), flush=True)\n"
