@@ -43,6 +43,18 @@ def _lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
     return lines
 
 
+def start_server(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``python -m service.local_server --port 0 [args]``, its output merged into one pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.local_server", "--port", "0", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def _wait_for(lines: queue.Queue[str], text: str) -> str:
     while True:
         line = lines.get(timeout=WAIT_SECONDS)
@@ -61,14 +73,7 @@ def test_timer_serves_a_new_version_without_any_request(
         "POWERTOOLS_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.local_server", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_server(env)
     try:
         lines = _lines(process)
         url = _wait_for(lines, "serving on ").split()[2]

@@ -11,12 +11,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from typing import TYPE_CHECKING
 from urllib.request import urlopen
 
 from tests.conftest import customers, publish
-from tests.e2e.test_local_server_refresh import ROOT, WAIT_SECONDS, _lines, _wait_for
+from tests.e2e.test_local_server_refresh import WAIT_SECONDS, _lines, _wait_for, start_server
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,14 +35,7 @@ def test_workers_share_one_port_and_one_mapped_copy(file_store: FileStore, tmp_p
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("SHARE_SNAPSHOTS", None)  # the supervisor turns sharing on for its workers
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.local_server", "--port", "0", "--workers", str(WORKERS)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_server(env, "--workers", str(WORKERS))
     try:
         lines = _lines(process)
         url = _wait_for(lines, " workers on ").split()[-1]
