@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from loaders.blocks import check_all_blocks, parse_block_index
+from loaders.blocks import check_all_blocks
 from loaders.errors import LoaderError, ObjectNotFoundError, SnapshotInvalidError
 from loaders.index import KeyIndex
 from loaders.manifest import (
-    BLOCK_INDEX_NAME,
     BLOCKS_NAME,
     DATA_NAME,
     SNAPSHOTS_PREFIX,
@@ -35,7 +34,7 @@ from loaders.manifest import (
     utc_text,
 )
 from loaders.records import BuildRecord, read_latest
-from loaders.snapshot import Snapshot, decode_snapshot
+from loaders.snapshot import Snapshot, SnapshotReader, decode_snapshot
 from loaders.validate import diff as diff_tables
 
 if TYPE_CHECKING:
@@ -264,9 +263,7 @@ def _check_blocks(store: ObjectStore, manifest: Manifest) -> int | None:
     if manifest.blocks is None:
         return None
     try:
-        index = parse_block_index(
-            manifest, store.read(snapshot_key(manifest.version, BLOCK_INDEX_NAME))
-        )
+        index = SnapshotReader(store).read_block_index(manifest)
         key = snapshot_key(manifest.version, BLOCKS_NAME)
         return check_all_blocks(
             manifest, index, lambda start, length: store.read_range(key, start, length)
