@@ -351,7 +351,8 @@ def decode_block(manifest: Manifest, index: BlockIndex, number: int, body: bytes
     if columns_of(table.schema) != manifest.columns:
         raise SnapshotInvalidError(f"{what}: columns differ from the manifest")
     keys = KeyIndex(table, manifest.key_column)
-    first, last = table.column(manifest.key_column)[0], table.column(manifest.key_column)[-1]
-    if (first.as_py(), last.as_py()) != (index.first_keys[number], index.last_keys[number]):
+    stored = table.column(manifest.key_column)
+    expected = (index.first_keys[number], index.last_keys[number])
+    if (stored[0].as_py(), stored[-1].as_py()) != expected:
         raise SnapshotInvalidError(f"{what}: keys differ from the index")
     return Block(number, keys, keys.nbytes)
